@@ -1,0 +1,1 @@
+"""vmanager: script QEMU/KVM machines and the virtual networks between them."""

@@ -1,0 +1,111 @@
+"""Files of the tiny guest's initramfs (busybox shell scripts run inside the guest)."""
+
+from __future__ import annotations
+
+#: Printed on the first serial port once every shell of the guest is up.
+READY_LINE = "vmanager-guest: ready"
+#: Printed by the backdoor shell on hvc0 when it takes commands.
+BACKDOOR_HELLO = "@@vmready"
+#: Prefix of each backdoor answer line.
+BACKDOOR_REPLY = "@@vmresp"
+
+INIT = """#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mkdir -p /dev/pts /dev/shm
+mount -t devpts devpts /dev/pts
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /run
+# Cold-plug: load the drivers of the devices present, then let the kernel's
+# hotplug helper load drivers for devices added later (NICs, disks, memory).
+# Loading virtio_pci makes virtio devices appear, hence a second pass.
+modprobe -qa evdev $(sort -u /sys/bus/*/devices/*/modalias)
+modprobe -qa $(sort -u /sys/bus/*/devices/*/modalias)
+uevent /sbin/hotplug </dev/null >/dev/null 2>&1 &
+exec /sbin/init
+"""
+
+RC = """#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    vm.hostname=*) hostname "${arg#vm.hostname=}" ;;
+  esac
+done
+ip link set lo up
+mkdir -p /mnt /root /var/run /etc/acpi/PWRF
+acpid -c /etc/acpi 2>/dev/null
+# virtio_console makes hvc0 a moment after the module loads; the shells need it.
+n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 100 ]; do usleep 10000; n=$((n+1)); done
+"""
+
+INITTAB = """::sysinit:/etc/rc
+ttyS0::respawn:/bin/serial-shell
+hvc0::respawn:/bin/backdoor
+tty1::respawn:/bin/vt-shell
+tty2::respawn:/bin/vt-shell
+::ctrlaltdel:/sbin/reboot
+::shutdown:/bin/sync
+"""
+
+SERIAL_SHELL = f"""#!/bin/sh
+stty -echo 2>/dev/null
+echo "{READY_LINE}"
+export PS1='# ' HOME=/root ENV=
+cd /root
+exec /bin/sh
+"""
+
+VT_SHELL = """#!/bin/sh
+export PS1='$(tty)# ' HOME=/root
+cd /root
+exec /bin/sh
+"""
+
+# The backdoor reads "<id> <timeout> <base64 command>" lines and answers
+# "@@vmresp <id> <status> O<base64 stdout> E<base64 stderr>". raw mode keeps the
+# tty from folding long lines or echoing; the guest-side timeout keeps it usable.
+BACKDOOR = f"""#!/bin/sh
+stty raw -echo 2>/dev/null
+export HOME=/root PATH=/bin:/sbin:/usr/bin:/usr/sbin
+echo "{BACKDOOR_HELLO}"
+while read -r id limit cmd; do
+  [ -n "$id" ] || continue
+  printf '%s' "$cmd" | base64 -d > /tmp/.vm-cmd 2>/dev/null
+  (cd /root && exec timeout -s KILL "$limit" sh /tmp/.vm-cmd) \\
+    </dev/null >/tmp/.vm-out 2>/tmp/.vm-err
+  rc=$?
+  printf '{BACKDOOR_REPLY} %s %s O%s E%s\\n' "$id" "$rc" \\
+    "$(base64 -w0 < /tmp/.vm-out)" "$(base64 -w0 < /tmp/.vm-err)"
+  rm -f /tmp/.vm-cmd /tmp/.vm-out /tmp/.vm-err
+done
+"""
+
+HOTPLUG = """#!/bin/sh
+[ -n "$MODALIAS" ] && exec /sbin/modprobe -q "$MODALIAS"
+exit 0
+"""
+
+POWER_BUTTON = """#!/bin/sh
+poweroff
+"""
+
+UDHCPC_SCRIPT = """#!/bin/sh
+# Configure what udhcpc leased (busybox calls this with $1 = the event).
+case "$1" in
+  deconfig) ip addr flush dev "$interface"; ip link set "$interface" up ;;
+  bound|renew)
+    ip addr flush dev "$interface"
+    ip addr add "$ip/${mask:-24}" dev "$interface"
+    for r in $router; do ip route replace default via "$r" dev "$interface"; break; done
+    : > /etc/resolv.conf
+    for d in $dns; do echo "nameserver $d" >> /etc/resolv.conf; done
+    ;;
+esac
+exit 0
+"""
+
+ETC_PASSWD = "root:x:0:0:root:/root:/bin/sh\n"  # noqa: S105 (no password: x)
+GROUP = "root:x:0:\n"

@@ -1,0 +1,256 @@
+"""The tiny test guest: Debian's kernel plus a busybox initramfs, cached per user.
+
+It boots in a few seconds under TCG, prints :data:`READY_LINE` on its first
+serial port, runs root shells on the serial port, on ``tty1``/``tty2`` (VGA) and a
+machine-readable backdoor shell on ``hvc0`` for :meth:`Machine.execute`.
+
+Example::
+
+    from vmanager import Machine
+    from vmanager.guests import tiny_guest
+
+    guest = tiny_guest()                       # builds once, then from cache
+    with Machine(name="t1", **guest.machine_args()) as m:
+        m.start_vm()
+        m.wait_ready()
+        print(m.succeed("uname -r"))
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmanager import paths
+from vmanager.errors import GuestBuildError
+from vmanager.guests import _build, _scripts
+from vmanager.guests._scripts import READY_LINE
+
+log = logging.getLogger(__name__)
+
+#: Bumped whenever the initramfs layout changes, so old caches are rebuilt.
+BUILDER_VERSION = 6
+
+#: Shipped in the initramfs. Drivers load at boot for the devices present (by
+#: modalias, and later through the hotplug helper); file systems load on mount.
+MODULES = (
+    "virtio_pci", "virtio_console", "virtio_net", "virtio_blk", "virtio_balloon",
+    "virtio_input", "virtio_rng", "virtio_mem", "virtio_scsi", "e1000", "e1000e", "ata_piix",
+    "ahci", "sr_mod", "sd_mod", "isofs", "ext4", "vfat", "evdev", "button", "bochs",
+    "8021q", "bonding", "loop",
+)
+
+DEFAULT_APPEND = ("console=ttyS0 quiet loglevel=3 panic=-1 tsc=reliable no_timer_check "
+                  "i8042.nopnp mitigations=off rcupdate.rcu_expedited=1 8250.nr_uarts=1 "
+                  "random.trust_cpu=on cryptomgr.notests memhp_default_state=online")
+
+
+@dataclass(frozen=True)
+class TinyGuest:
+    """A built tiny guest: what :class:`vmanager.Machine` needs to boot it."""
+
+    kernel: Path
+    initrd: Path
+    kernel_version: str
+    pvh: bool
+
+    def append(self, hostname: str | None = None) -> str:
+        """The kernel command line, optionally naming the guest's hostname."""
+        extra = f" vm.hostname={hostname}" if hostname else ""
+        return DEFAULT_APPEND + extra
+
+    def machine_args(self, hostname: str | None = None) -> dict[str, Any]:
+        """Keyword arguments for :class:`vmanager.Machine` to boot this guest."""
+        return {"kernel": self.kernel, "initrd": self.initrd, "append": self.append(hostname)}
+
+
+def _guest_root() -> Path:
+    return paths.cache_dir() / "guests"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _load_cached(directory: Path) -> TinyGuest | None:
+    """A cached guest whose manifest and hashes check out, else ``None``."""
+    manifest = directory / "manifest.json"
+    try:
+        meta = json.loads(manifest.read_text())
+        if meta.get("builder") != BUILDER_VERSION:
+            return None
+        for fname, digest in meta["files"].items():
+            if _sha256(directory / fname) != digest:
+                log.warning("tiny guest cache %s: %s is corrupt; rebuilding", directory, fname)
+                return None
+        return TinyGuest(kernel=directory / meta["kernel"], initrd=directory / meta["initrd"],
+                         kernel_version=meta["kernel_version"], pvh=bool(meta["pvh"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def tiny_guest(*, rebuild: bool = False,
+               progress: Callable[[str], None] | None = None) -> TinyGuest:
+    """Return the tiny guest, building it from Debian packages on first use.
+
+    The cache lives in ``$XDG_CACHE_HOME/vmanager/guests``; a missing or corrupt
+    cache (a file whose hash differs from the manifest) is rebuilt from scratch,
+    never half-used. ``rebuild=True`` resolves ``linux-image-amd64`` again.
+
+    Raises :class:`GuestBuildError` when packages cannot be fetched or unpacked.
+    """
+    root = paths.private_dir(_guest_root())
+    with (root / ".lock").open("w") as lockf:
+        fcntl.flock(lockf, fcntl.LOCK_EX)
+        pointer = root / "tiny.json"
+        if not rebuild:
+            try:
+                current = json.loads(pointer.read_text())["dir"]
+                cached = _load_cached(root / current)
+                if cached is not None:
+                    return cached
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+        guest, dirname = _build_into(root, progress or (lambda _msg: None))
+        tmp = pointer.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"dir": dirname}))
+        tmp.replace(pointer)
+        return guest
+
+
+def _build_into(root: Path, progress: Callable[[str], None]) -> tuple[TinyGuest, str]:
+    work = Path(tempfile.mkdtemp(prefix=".build-", dir=root))
+    try:
+        progress("resolving linux-image-amd64")
+        meta_deb = _build.download("linux-image-amd64", work)
+        kernel_pkg = _build.resolve_kernel_package(meta_deb)
+        progress(f"downloading {kernel_pkg} and busybox-static")
+        kernel_deb = _build.download(kernel_pkg, work)
+        busybox_deb = _build.download("busybox-static", work)
+        progress("unpacking")
+        tree = work / "tree"
+        _build.extract(kernel_deb, tree)
+        _build.extract(busybox_deb, tree)
+        moddirs = sorted((tree / "lib" / "modules").iterdir())
+        if not moddirs:
+            raise GuestBuildError(f"{kernel_deb.name} has no /lib/modules")
+        version = moddirs[-1].name
+        vmlinuz = tree / "boot" / f"vmlinuz-{version}"
+        bzimage = vmlinuz.read_bytes()
+
+        progress("extracting the uncompressed kernel for the PVH entry")
+        out = work / "out"
+        out.mkdir()
+        vmlinux = _build.vmlinux_from_bzimage(bzimage)
+        if vmlinux is not None:
+            (out / "vmlinux").write_bytes(vmlinux)
+            kernel_name = "vmlinux"
+        else:
+            log.info("kernel %s has no PVH entry; booting the bzImage", version)
+            kernel_name = "vmlinuz"
+        shutil.copyfile(vmlinuz, out / "vmlinuz")
+
+        progress("assembling the initramfs")
+        initrd = _initramfs(tree, moddirs[-1], version)
+        (out / "initrd.img").write_bytes(initrd)
+
+        files = {name: _sha256(out / name) for name in os.listdir(out)}
+        manifest = {"builder": BUILDER_VERSION, "kernel": kernel_name, "initrd": "initrd.img",
+                    "kernel_version": version, "kernel_package": kernel_pkg,
+                    "pvh": vmlinux is not None, "files": files}
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        dirname = f"tiny-{version}-b{BUILDER_VERSION}"
+        final = root / dirname
+        if final.exists():
+            shutil.rmtree(final)
+        out.rename(final)
+        progress(f"built the tiny guest with kernel {version}")
+        guest = _load_cached(final)
+        if guest is None:
+            raise GuestBuildError(f"the freshly built guest in {final} does not verify")
+        return guest, dirname
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _initramfs(tree: Path, moddir: Path, version: str) -> bytes:
+    cpio = _build.Cpio()
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "run", "root",
+              "etc", "mnt", "var"):
+        cpio.mkdir(d)
+    cpio.chardev("dev/console", 5, 1)
+    busybox = tree / "bin" / "busybox"
+    cpio.file("bin/busybox", busybox.read_bytes(), 0o755)
+    for applet in _applets(busybox):
+        if applet != "/bin/busybox":
+            cpio.symlink(applet.lstrip("/"), "/bin/busybox")
+    executables = {
+        "init": _scripts.INIT, "etc/rc": _scripts.RC, "bin/serial-shell": _scripts.SERIAL_SHELL,
+        "bin/vt-shell": _scripts.VT_SHELL, "bin/backdoor": _scripts.BACKDOOR,
+        "etc/acpi/PWRF/00000080": _scripts.POWER_BUTTON, "sbin/hotplug": _scripts.HOTPLUG,
+        "usr/share/udhcpc/default.script": _scripts.UDHCPC_SCRIPT,
+    }
+    for name, text in executables.items():
+        cpio.file(name, text.encode(), 0o755)
+    cpio.file("etc/inittab", _scripts.INITTAB.encode())
+    cpio.file("etc/passwd", _scripts.ETC_PASSWD.encode())
+    cpio.file("etc/group", _scripts.GROUP.encode())
+    cpio.file("etc/hostname", b"tiny\n")
+
+    modules = _build.collect_modules(moddir, MODULES)
+    by_name = {m.name: m for m in modules}
+    base = f"lib/modules/{version}"
+    dep_lines = []
+    for mod in modules:
+        cpio.file(f"{base}/{mod.relpath}", mod.data)
+        # modules.dep lists the whole closure, the module to load last first.
+        closure = [by_name[n].relpath for n in _closure(mod.name, by_name) if n != mod.name]
+        dep_lines.append(f"{mod.relpath}: {' '.join(reversed(closure))}".rstrip())
+    cpio.file(f"{base}/modules.dep", ("\n".join(dep_lines) + "\n").encode())
+    for extra in ("modules.builtin", "modules.order"):
+        if (moddir / extra).exists():
+            cpio.file(f"{base}/{extra}", (moddir / extra).read_bytes())
+    aliases = [f"alias {a} {m.name}" for m in modules for a in m.aliases]
+    cpio.file(f"{base}/modules.alias", ("\n".join(aliases) + "\n").encode())
+    return cpio.getvalue()
+
+
+def _closure(name: str, by_name: dict[str, _build.Module]) -> list[str]:
+    """``name`` and everything it needs, dependencies before dependents."""
+    order: list[str] = []
+
+    def visit(n: str) -> None:
+        if n in order or n not in by_name:
+            return
+        for dep in by_name[n].depends:
+            visit(dep)
+        order.append(n)
+
+    visit(name)
+    return order
+
+
+def _applets(busybox: Path) -> list[str]:
+    try:
+        out = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
+                             check=True, stdin=subprocess.DEVNULL, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise GuestBuildError(f"could not list busybox applets: {exc}") from exc
+    return ["/" + line.strip().lstrip("/") for line in out.splitlines() if line.strip()]
+
+
+__all__ = ["READY_LINE", "TinyGuest", "tiny_guest"]
