@@ -49,3 +49,8 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     except concurrent.futures.TimeoutError:
         fut.cancel()
         raise TimeoutError(f"timed out after {timeout} s") from None
+
+
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Start ``coro`` on the shared loop without waiting for it."""
+    return asyncio.run_coroutine_threadsafe(coro, loop())

@@ -35,8 +35,9 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 ip link set lo up
-mkdir -p /mnt /root /var/run /etc/acpi/PWRF
-acpid -c /etc/acpi 2>/dev/null
+mkdir -p /mnt /root /var/run /var/log /etc/acpi/PWRF
+# The ACPI power button (QMP system_powerdown) powers the guest off.
+acpid -c /etc/acpi -l /var/log/acpid.log
 # virtio_console makes hvc0 a moment after the module loads; the shells need it.
 n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 100 ]; do usleep 10000; n=$((n+1)); done
 """
@@ -74,9 +75,13 @@ echo "{BACKDOOR_HELLO}"
 while read -r id limit cmd; do
   [ -n "$id" ] || continue
   printf '%s' "$cmd" | base64 -d > /tmp/.vm-cmd 2>/dev/null
-  (cd /root && exec timeout -s KILL "$limit" sh /tmp/.vm-cmd) \\
-    </dev/null >/tmp/.vm-out 2>/tmp/.vm-err
+  (cd /root && exec sh /tmp/.vm-cmd) </dev/null >/tmp/.vm-out 2>/tmp/.vm-err &
+  pid=$!
+  (sleep "$limit" && kill -9 "$pid") >/dev/null 2>&1 &
+  dog=$!
+  wait "$pid"
   rc=$?
+  kill "$dog" 2>/dev/null
   printf '{BACKDOOR_REPLY} %s %s O%s E%s\\n' "$id" "$rc" \\
     "$(base64 -w0 < /tmp/.vm-out)" "$(base64 -w0 < /tmp/.vm-err)"
   rm -f /tmp/.vm-cmd /tmp/.vm-out /tmp/.vm-err

@@ -38,8 +38,18 @@ from vmanager.guests._scripts import READY_LINE
 
 log = logging.getLogger(__name__)
 
-#: Bumped whenever the initramfs layout changes, so old caches are rebuilt.
-BUILDER_VERSION = 6
+
+
+def _builder_version() -> str:
+    """A digest of the builder's own code: any change to it rebuilds old caches."""
+    h = hashlib.sha256()
+    for module in (_build, _scripts):
+        h.update(Path(module.__file__ or "").read_bytes())
+    h.update(Path(__file__).read_bytes())
+    return h.hexdigest()[:12]
+
+
+BUILDER_VERSION = _builder_version()
 
 #: Shipped in the initramfs. Drivers load at boot for the devices present (by
 #: modalias, and later through the hotplug helper); file systems load on mount.
@@ -70,8 +80,13 @@ class TinyGuest:
         return DEFAULT_APPEND + extra
 
     def machine_args(self, hostname: str | None = None) -> dict[str, Any]:
-        """Keyword arguments for :class:`vmanager.Machine` to boot this guest."""
-        return {"kernel": self.kernel, "initrd": self.initrd, "append": self.append(hostname)}
+        """Keyword arguments for :class:`vmanager.Machine` to boot this guest.
+
+        The CPU model is ``qemu64``: under TCG it boots this kernel ~0.7 s faster
+        than ``max`` (fewer features for the kernel to probe and patch in).
+        """
+        return {"kernel": self.kernel, "initrd": self.initrd, "append": self.append(hostname),
+                "cpu_model": "qemu64"}
 
 
 def _guest_root() -> Path:
@@ -129,6 +144,9 @@ def tiny_guest(*, rebuild: bool = False,
         tmp = pointer.with_suffix(".tmp")
         tmp.write_text(json.dumps({"dir": dirname}))
         tmp.replace(pointer)
+        for old in root.glob("tiny-*"):
+            if old.name != dirname:
+                shutil.rmtree(old, ignore_errors=True)
         return guest
 
 

@@ -1,0 +1,68 @@
+"""QEMU's key names (the QAPI ``QKeyCode`` enum) and key-combination parsing."""
+
+from __future__ import annotations
+
+from vmanager.errors import ConfigError
+
+_QKEYCODE_TEXT = """
+unmapped shift shift_r alt alt_r ctrl ctrl_r menu esc 1 2 3 4 5 6 7 8 9 0 minus equal
+backspace tab q w e r t y u i o p bracket_left bracket_right ret a s d f g h j k l
+semicolon apostrophe grave_accent backslash z x c v b n m comma dot slash asterisk spc
+caps_lock f1 f2 f3 f4 f5 f6 f7 f8 f9 f10 num_lock scroll_lock kp_divide kp_multiply
+kp_subtract kp_add kp_enter kp_decimal sysrq kp_0 kp_1 kp_2 kp_3 kp_4 kp_5 kp_6 kp_7 kp_8
+kp_9 less f11 f12 print home pgup pgdn end left up down right insert delete stop again
+props undo front copy open paste find cut lf help meta_l meta_r compose pause ro hiragana
+henkan yen muhenkan katakanahiragana kp_comma kp_equals power sleep wake audionext
+audioprev audiostop audioplay audiomute volumeup volumedown mediaselect mail calculator
+computer ac_home ac_back ac_forward ac_refresh ac_bookmarks lang1 lang2
+"""
+QKEYCODES: frozenset[str] = frozenset(_QKEYCODE_TEXT.split())
+
+#: Friendly names people type, as in QEMU's HMP ``sendkey``.
+ALIASES: dict[str, str] = {
+    "enter": "ret", "return": "ret", "space": "spc", "escape": "esc", "del": "delete",
+    "ins": "insert", "pageup": "pgup", "pagedown": "pgdn", "page_up": "pgup",
+    "page_down": "pgdn", "control": "ctrl", "super": "meta_l", "win": "meta_l",
+    "meta": "meta_l", "altgr": "alt_r", "backtab": "tab", "bksp": "backspace",
+    "printscreen": "print", "capslock": "caps_lock", "period": "dot",
+}
+
+
+def key_name(name: str) -> str:
+    """The QKeyCode for one key name; raises ConfigError listing the valid names."""
+    lowered = name.strip().lower()
+    lowered = ALIASES.get(lowered, lowered)
+    if lowered in QKEYCODES:
+        return lowered
+    valid = ", ".join(sorted(QKEYCODES | set(ALIASES)))
+    raise ConfigError(f"unknown key name {name!r}; valid key names are: {valid}")
+
+
+def parse_combo(combo: str) -> list[str]:
+    """Split ``"ctrl-alt-f2"`` into QKeyCodes (``-`` joins keys; ``minus`` is the key)."""
+    if not combo or not combo.strip():
+        raise ConfigError("an empty key combination was given")
+    parts = combo.strip().split("-")
+    # "ctrl--" or a trailing "-" means the minus key itself.
+    keys: list[str] = []
+    i = 0
+    while i < len(parts):
+        part = parts[i]
+        if part == "" and i + 1 < len(parts) and parts[i + 1] == "":
+            keys.append("minus")
+            i += 2
+            continue
+        if part == "":
+            raise ConfigError(f"key combination {combo!r} has an empty key name")
+        keys.append(key_name(part))
+        i += 1
+    return keys
+
+
+def is_combo(text: str) -> bool:
+    """Whether ``text`` reads as a key combination (every part a known key name)."""
+    try:
+        parse_combo(text)
+    except ConfigError:
+        return False
+    return True
