@@ -1,0 +1,228 @@
+"""``CD``: an ISO image for a machine's CD-ROM drive, and building one from a directory.
+
+Example (a cloud-init NoCloud seed)::
+
+    with CD.from_directory(seed_dir) as cd:      # a temporary ISO, removed on close
+        Machine(..., cd=cd)
+
+ISO images are built by ``xorriso -as mkisofs`` (Debian package ``xorriso``) or,
+if that is missing, ``genisoimage`` (package ``genisoimage``), with Joliet and
+Rock Ridge so long and lower-case names survive.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import weakref
+from pathlib import Path
+from types import TracebackType
+
+from vmanager.errors import CommandError, ConfigError, HostError, NotFoundError
+from vmanager.storage import _blockdev
+from vmanager.storage.qemu_img import StrPath
+
+log = logging.getLogger(__name__)
+
+#: Tools tried in order; each is invoked with mkisofs-compatible options.
+ISO_TOOLS: tuple[tuple[str, ...], ...] = (("xorriso", "-as", "mkisofs"), ("genisoimage",))
+#: Seconds an ISO build may take.
+ISO_TIMEOUT = 120.0
+
+# ISO 9660 allows 32 characters; cloud-init wants "cidata" in lower case, so this is
+# looser than the standard's d-characters, as both tools are.
+_VOLID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+
+
+class CD:
+    """An existing ISO image attached as a CD-ROM with a tray.
+
+    ``interface`` is ``"ide"`` (default) or ``"scsi"``. Raises
+    :class:`NotFoundError` naming the file if it does not exist,
+    :class:`ConfigError` for a bad interface or a path that is not a file.
+
+    A ``CD`` made by :meth:`from_directory` without ``output`` owns its temporary
+    ISO and deletes it on :meth:`close` (also a context manager); a ``CD`` never
+    deletes a file it did not create.
+    """
+
+    def __init__(self, path: StrPath, *, interface: str = "ide") -> None:
+        if interface not in _blockdev.CD_DEVICES:
+            raise ConfigError(f"CD interface {interface!r} is not supported; use one of "
+                              f"{', '.join(_blockdev.CD_DEVICES)}")
+        self.path = Path(os.path.abspath(path))
+        if not self.path.exists():
+            raise NotFoundError(f"ISO image {self.path} does not exist")
+        if not self.path.is_file():
+            raise ConfigError(f"ISO image {self.path} is not a regular file")
+        self.interface = interface
+        self._cleanup: weakref.finalize[..., CD] | None = None
+
+    def __repr__(self) -> str:
+        return f"CD({str(self.path)!r})"
+
+    # -- owning a temporary ISO ------------------------------------------------------
+
+    def _own(self, tmpdir: Path) -> None:
+        self._cleanup = weakref.finalize(self, shutil.rmtree, tmpdir, ignore_errors=True)
+
+    @property
+    def owned(self) -> bool:
+        """Whether this CD will delete its (temporary) ISO on :meth:`close`."""
+        return self._cleanup is not None and self._cleanup.alive
+
+    def close(self) -> None:
+        """Delete the ISO if this CD created it as a temporary file; idempotent."""
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> CD:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- QEMU arguments --------------------------------------------------------------
+
+    def node_name(self, index: int) -> str:
+        """The block node name of the medium for ``qemu_args(index)``."""
+        return f"cd{_index(index)}"
+
+    def device_id(self, index: int) -> str:
+        """The ``-device`` id of the drive; QMP tray and medium commands take it as ``id``."""
+        return f"cd{_index(index)}"
+
+    def qemu_args(self, index: int, *, bootindex: int | None = None,
+                  bus: str | None = None) -> list[str]:
+        """``-blockdev``/``-device`` arguments for CD-ROM drive number ``index``.
+
+        The medium is node ``cd{index}`` (raw, read-only) over ``cd{index}-file``;
+        the drive is device ``cd{index}`` (``ide-cd`` or ``scsi-cd``, which have a
+        tray, so QMP ``blockdev-open-tray``/``blockdev-change-medium`` with
+        ``id="cd{index}"`` can eject and change it). A scsi CD brings its own
+        controller ``cd{index}-scsi``. ``bus`` places an ide CD on a given bus (q35's
+        AHCI ports ``ide.0``..``ide.5`` take one device each); ``bootindex`` sets its
+        boot priority. Raises :class:`NotFoundError` if the ISO
+        has gone.
+        """
+        if not self.path.is_file():
+            raise NotFoundError(f"ISO image {self.path} does not exist")
+        node = self.node_name(index)
+        dev_id = self.device_id(index)
+        args = _blockdev.blockdev({"driver": "file", "filename": str(self.path),
+                                   "node-name": f"{node}-file", "read-only": True})
+        args += _blockdev.blockdev({"driver": "raw", "file": f"{node}-file",
+                                    "node-name": node, "read-only": True})
+        driver = _blockdev.CD_DEVICES[self.interface]
+        if self.interface == "scsi":
+            args += _blockdev.scsi_controller(f"{dev_id}-scsi")
+            args += _blockdev.device(driver, drive=node, id=dev_id, bus=f"{dev_id}-scsi.0",
+                                     bootindex=bootindex)
+        else:
+            args += _blockdev.device(driver, drive=node, id=dev_id, bus=bus,
+                                     bootindex=bootindex)
+        return args
+
+    @property
+    def qemu_string(self) -> str:
+        """The seed's legacy ``-drive`` option, shell-quoted; prefer :meth:`qemu_args`."""
+        return _blockdev.legacy_drive(file=str(self.path), format="raw", media="cdrom",
+                                      readonly="on", **{"if": self.interface})
+
+    # -- building --------------------------------------------------------------------
+
+    @classmethod
+    def from_directory(cls, directory: StrPath, *, output: StrPath | None = None,
+                       volume_id: str = "cidata", interface: str = "ide",
+                       timeout: float = ISO_TIMEOUT) -> CD:
+        """Build an ISO 9660 image (Joliet + Rock Ridge) of ``directory``'s contents.
+
+        The files appear at the root of the ISO. With ``output`` the ISO is
+        written there (replacing a file of that name only once the build
+        succeeded); without, it goes to a private temporary directory that the
+        returned ``CD`` owns and removes on :meth:`close`. ``volume_id`` is the
+        label (``cidata`` for a cloud-init NoCloud seed).
+
+        Raises :class:`NotFoundError` if ``directory`` does not exist,
+        :class:`ConfigError` for a bad volume id, :class:`HostError` if neither
+        xorriso nor genisoimage is installed, :class:`CommandError` if the tool
+        fails or times out. Nothing is left behind on failure.
+        """
+        src = Path(os.path.abspath(directory))
+        if not src.exists():
+            raise NotFoundError(f"directory {src} for the ISO image does not exist")
+        if not src.is_dir():
+            raise ConfigError(f"{src} is not a directory")
+        if not isinstance(volume_id, str) or not _VOLID_RE.match(volume_id):
+            raise ConfigError(f"ISO volume id {volume_id!r} must be 1-32 letters, digits, "
+                              "'_', '.' or '-'")
+        tool = _iso_tool()
+        owned_dir: Path | None = None
+        if output is None:
+            owned_dir = Path(tempfile.mkdtemp(prefix="vmanager-cd-"))
+            target = owned_dir / f"{volume_id}.iso"
+        else:
+            target = Path(os.path.abspath(output))
+            if not target.parent.is_dir():
+                raise NotFoundError(f"directory {target.parent} for the ISO does not exist")
+        try:
+            fd, tmpname = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                           dir=target.parent)
+            os.close(fd)
+            tmp = Path(tmpname)
+            try:
+                # No "--": xorriso's -as mkisofs would end there. src is absolute, so
+                # it cannot be read as an option.
+                argv = [*tool, "-quiet", "-o", str(tmp), "-V", volume_id, "-J", "-r",
+                        "-input-charset", "utf-8", str(src)]
+                _run_tool(argv, timeout=timeout)
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
+            cd = cls(target, interface=interface)
+        except BaseException:
+            if owned_dir is not None:
+                shutil.rmtree(owned_dir, ignore_errors=True)
+            raise
+        if owned_dir is not None:
+            cd._own(owned_dir)
+        log.info("built ISO %s from %s with %s", target, src, tool[0])
+        return cd
+
+
+def _iso_tool() -> tuple[str, ...]:
+    for tool in ISO_TOOLS:
+        found = shutil.which(tool[0])
+        if found:
+            return (found, *tool[1:])
+    raise HostError("building an ISO needs xorriso or genisoimage "
+                    "(on Debian: apt-get install xorriso)")
+
+
+def _run_tool(argv: list[str], *, timeout: float) -> None:
+    log.debug("running %s", argv)
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise CommandError(f"{Path(argv[0]).name} timed out after {timeout:g}s", argv=argv,
+                           returncode=None) from exc
+    except OSError as exc:
+        raise HostError(f"could not run {argv[0]}: {exc}") from exc
+    if proc.returncode != 0:
+        raise CommandError(f"{Path(argv[0]).name} failed to build the ISO (exit status "
+                           f"{proc.returncode})", argv=argv, returncode=proc.returncode,
+                           stdout=proc.stdout, stderr=proc.stderr)
+
+
+def _index(index: int) -> int:
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"drive index must be a non-negative integer, got {index!r}")
+    return index
+
