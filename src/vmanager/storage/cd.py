@@ -35,7 +35,7 @@ ISO_TIMEOUT = 120.0
 
 # ISO 9660 allows 32 characters; cloud-init wants "cidata" in lower case, so this is
 # looser than the standard's d-characters, as both tools are.
-_VOLID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_VOLID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 
 
 class CD:
@@ -160,7 +160,7 @@ class CD:
             raise ConfigError(f"{src} is not a directory")
         if not isinstance(volume_id, str) or not _VOLID_RE.match(volume_id):
             raise ConfigError(f"ISO volume id {volume_id!r} must be 1-32 letters, digits, "
-                              "'_', '.' or '-'")
+                              "'_', '.' or '-', not starting with '-' or '.'")
         tool = _iso_tool()
         owned_dir: Path | None = None
         if output is None:
