@@ -1,0 +1,48 @@
+"""The networking layer: host interfaces, namespaces, switches, NICs, bonds, routers.
+
+Everything talks netlink through pyroute2 with the namespace as a parameter;
+nothing here changes the calling thread's namespace. Every object is a context
+manager whose ``close()`` is idempotent and removes all it made.
+"""
+
+from vmanager.net._port import Pluggable, PortLike
+from vmanager.net._resource import Lifecycle
+from vmanager.net.bond import BOND_MODES, Bond
+from vmanager.net.errors import LinkError
+from vmanager.net.host import (
+    CommandResult,
+    HostInterfaces,
+    Interface,
+    Route,
+    interfaces,
+    routes,
+    sys_command,
+)
+from vmanager.net.namespace import Namespace, list_namespaces
+from vmanager.net.nic import VirtualNic, random_mac, stable_mac
+from vmanager.net.router import Router
+from vmanager.net.switch import Switch, SwitchPort
+
+__all__ = [
+    "BOND_MODES",
+    "Bond",
+    "CommandResult",
+    "HostInterfaces",
+    "Interface",
+    "Lifecycle",
+    "LinkError",
+    "Namespace",
+    "Pluggable",
+    "PortLike",
+    "Route",
+    "Router",
+    "Switch",
+    "SwitchPort",
+    "VirtualNic",
+    "interfaces",
+    "list_namespaces",
+    "random_mac",
+    "routes",
+    "stable_mac",
+    "sys_command",
+]

@@ -1,0 +1,128 @@
+"""Lifecycle shared by every network object: create once, close idempotently.
+
+Each object records an undo step for everything it makes; ``close()`` and a
+failed ``create()`` run them in reverse order, every one of them even if some
+fail, so that nothing is left half-built.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable
+from types import TracebackType
+from typing import Self
+
+from vmanager.errors import NetworkError, StateError
+
+log = logging.getLogger(__name__)
+
+
+class Lifecycle(enum.Enum):
+    """Where a network object is in its life."""
+
+    NEW = "new"          #: constructed and validated, nothing made in the kernel yet
+    CREATED = "created"  #: every kernel object exists
+    CLOSED = "closed"    #: torn down (or creation failed); cannot be created again
+
+
+class UndoStack:
+    """Undo steps run last-in first-out; failures are collected, not fatal."""
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Callable[[], object]]] = []
+
+    def push(self, what: str, step: Callable[[], object]) -> None:
+        """Remember ``step`` (described by ``what``) to run at teardown."""
+        self._steps.append((what, step))
+
+    def unwind(self) -> list[str]:
+        """Run every step in reverse; return a description of each that failed."""
+        failures: list[str] = []
+        while self._steps:
+            what, step = self._steps.pop()
+            try:
+                step()
+            except Exception as exc:
+                log.warning("cleanup step %r failed: %s", what, exc)
+                failures.append(f"{what}: {exc}")
+        return failures
+
+
+class Resource:
+    """Base class: ``create()`` builds, ``close()`` removes, both via :class:`UndoStack`.
+
+    Subclasses implement :meth:`_build`, pushing an undo step right after each
+    kernel object or process they make.
+    """
+
+    _kind = "network object"
+
+    def __init__(self) -> None:
+        self._state = Lifecycle.NEW
+        self._undo = UndoStack()
+
+    @property
+    def state(self) -> Lifecycle:
+        """The lifecycle state."""
+        return self._state
+
+    def _label(self) -> str:
+        return self._kind
+
+    def _require_created(self, action: str) -> None:
+        if self._state is not Lifecycle.CREATED:
+            raise StateError(f"cannot {action} {self._label()}: it is {self._state.value}, "
+                             "it must be created first (call create() or use 'with')",
+                             state=self._state, required=Lifecycle.CREATED)
+
+    def create(self) -> Self:
+        """Make the kernel objects and processes; roll everything back on failure.
+
+        Raises:
+            StateError: when called twice or after close().
+            ConfigError, NotFoundError, NetworkError, HostError: see the subclass.
+        """
+        if self._state is not Lifecycle.NEW:
+            raise StateError(f"{self._label()} is {self._state.value}; it can be created "
+                             "only once", state=self._state, required=Lifecycle.NEW)
+        try:
+            self._build(self._undo)
+        except BaseException:
+            self._state = Lifecycle.CLOSED
+            self._undo.unwind()
+            raise
+        self._state = Lifecycle.CREATED
+        log.debug("created %s", self._label())
+        return self
+
+    def _build(self, undo: UndoStack) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Remove everything this object made. Idempotent.
+
+        Raises:
+            NetworkError: when some removal failed (all others were still attempted).
+        """
+        if self._state is Lifecycle.CLOSED:
+            return
+        self._state = Lifecycle.CLOSED
+        failures = self._undo.unwind()
+        log.debug("closed %s", self._label())
+        if failures:
+            raise NetworkError(f"closing {self._label()} left something behind:\n"
+                               + "\n".join(failures))
+
+    def __enter__(self) -> Self:
+        if self._state is Lifecycle.NEW:
+            self.create()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_state", Lifecycle.CLOSED) is Lifecycle.CREATED:
+            log.warning("%s was never closed; its kernel objects remain", self._label())

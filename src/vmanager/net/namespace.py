@@ -1,0 +1,79 @@
+"""Named network namespaces (``/run/netns/NAME``, the iproute2 convention)."""
+
+from __future__ import annotations
+
+import logging
+
+from pyroute2 import netns as _pyroute2_netns
+
+from vmanager.errors import ConfigError, NetworkError
+from vmanager.net._netlink import check_netns_name, netns_exists, netns_path
+from vmanager.net._resource import Resource, UndoStack
+
+log = logging.getLogger(__name__)
+
+
+def list_namespaces() -> list[str]:
+    """The names under ``/run/netns``."""
+    return sorted(_pyroute2_netns.listnetns())
+
+
+class Namespace(Resource):
+    """A named network namespace that this object creates and removes.
+
+    ``create()`` (or ``with``) makes it; ``close()`` removes it again. A name that
+    exists already is refused rather than adopted, so closing never removes a
+    namespace somebody else made.
+
+    >>> with Namespace("lab-a") as ns:    # doctest: +SKIP
+    ...     VirtualNic(namespace=ns.name)
+
+    Raises:
+        ConfigError: the name is not a safe identifier, or the namespace exists.
+        NetworkError: the kernel refused to create or remove it.
+    """
+
+    _kind = "namespace"
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = check_netns_name(name)
+
+    def __repr__(self) -> str:
+        return f"Namespace({self.name!r}, state={self.state.value})"
+
+    def _label(self) -> str:
+        return f"namespace {self.name!r}"
+
+    @property
+    def path(self) -> str:
+        """The bind mount naming the namespace."""
+        return netns_path(self.name)
+
+    @property
+    def exists(self) -> bool:
+        """Whether ``/run/netns/NAME`` exists right now."""
+        return netns_exists(self.name)
+
+    def _build(self, undo: UndoStack) -> None:
+        if self.exists:
+            raise ConfigError(f"network namespace {self.name!r} already exists")
+        try:
+            _pyroute2_netns.create(self.name)
+        except Exception as exc:
+            # pyroute2 may have left the mount point file behind
+            self._remove()
+            raise NetworkError(f"cannot create network namespace {self.name!r}: "
+                               f"{exc}") from exc
+        undo.push(f"remove namespace {self.name}", self._remove)
+        log.info("created network namespace %s", self.name)
+
+    def _remove(self) -> None:
+        if not self.exists:
+            return
+        try:
+            _pyroute2_netns.remove(self.name)
+        except OSError as exc:
+            raise NetworkError(f"cannot remove network namespace {self.name!r}: "
+                               f"{exc}") from exc
+        log.info("removed network namespace %s", self.name)

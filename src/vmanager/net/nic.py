@@ -1,0 +1,313 @@
+"""VirtualNic: a veth pair ``port <-> sink`` whose sink end feeds a QEMU NIC.
+
+Layout (``name`` = ``vn1a2b3c4d`` for example)::
+
+    host namespace              |  machine namespace (``namespace=``)
+                                |
+    [Switch] -- port "NAME" ====veth==== sink "NAMEs" -- macvtap "NAMEt" -> /dev/tapN -> QEMU
+                                |
+    tap mode:                   |  sink "NAMEs" --[bridge "NAMEb"]-- tap "NAMEt" -> QEMU
+
+*macvtap* (default) runs in **passthru** mode: the macvtap owns the sink
+outright, the sink is put in promiscuous mode and every frame goes to the
+guest, so the guest may change its MAC address or bridge other MACs itself
+(bridge mode would drop frames not addressed to the macvtap's own MAC). Its
+character device is made with ``mknod`` from the ``dev`` numbers the kernel
+publishes in sysfs, read *inside* the machine namespace, in a vmanager-owned
+directory (mode 0700) instead of ``/dev``.
+
+*tap* mode is for hosts or guests where macvtap does not fit: a persistent tap
+created inside the namespace and bridged to the sink by a small bridge.
+
+Without ``namespace`` everything lives in the host namespace.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import stat
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from vmanager import paths, validate
+from vmanager.errors import ConfigError, HostError, NetworkError
+from vmanager.net._netlink import (
+    check_netns_name,
+    delete_link,
+    kernel_call,
+    netns_path,
+    require,
+    require_absent,
+    rtnl,
+)
+from vmanager.net._nsexec import read_file, tun_open
+from vmanager.net._resource import Resource, UndoStack
+
+if TYPE_CHECKING:
+    from vmanager.net.namespace import Namespace
+
+log = logging.getLogger(__name__)
+
+NicMode = Literal["macvtap", "tap"]
+MODES: tuple[str, ...] = ("macvtap", "tap")
+#: ``port`` is NAME, ``sink`` NAME+"s", the device NAME+"t", the tap bridge NAME+"b".
+NAME_MAX = validate.IFNAME_MAX - 1
+
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TAP_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+
+
+def stable_mac(machine_name: str, index: int) -> str:
+    """A locally administered unicast MAC derived from ``(machine_name, index)``.
+
+    The same machine and index always give the same address, so a guest keeps
+    its interface names and DHCP leases across restarts. The prefix ``52:54``
+    is QEMU's usual one (locally administered, unicast).
+
+    >>> stable_mac("web", 0)
+    '52:54:e3:cd:a8:ac'
+    """
+    validate.name(machine_name, what="machine name")
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        raise ConfigError(f"NIC index must be a non-negative integer, got {index!r}")
+    digest = hashlib.sha256(f"{machine_name}/{index}".encode()).digest()
+    return "52:54:" + ":".join(f"{b:02x}" for b in digest[:4])
+
+
+def random_mac() -> str:
+    """A random locally administered unicast MAC with the ``52:54`` prefix."""
+    return "52:54:" + ":".join(f"{b:02x}" for b in os.urandom(4))
+
+
+def _device_dir() -> Path:
+    """Where macvtap device nodes go: ``run_dir()/net`` unless mounted ``nodev``.
+
+    Device nodes on a ``nodev`` file system (a tmpfs ``/run`` often is) cannot be
+    opened, so then a private ``/dev/vmanager`` is used instead.
+    """
+    preferred = paths.private_dir(paths.run_dir() / "net")
+    if not os.statvfs(preferred).f_flag & os.ST_NODEV:
+        return preferred
+    fallback = paths.private_dir(Path("/dev/vmanager"))
+    log.debug("%s is mounted nodev; device nodes go to %s", preferred, fallback)
+    return fallback
+
+
+class VirtualNic(Resource):
+    """A virtual NIC for a machine: host ``port`` <-> ``sink`` (+ macvtap or tap).
+
+    ``port`` stays in the host namespace, to be connected to a Switch or Router;
+    ``open_fd()`` gives QEMU its end. Names: ``name`` (default ``vn`` + part of the
+    MAC) is the port, at most 14 bytes since ``s``/``t``/``b`` are appended for
+    the other ends. ``mac`` defaults to a random one; machines pass
+    :func:`stable_mac`.
+
+    >>> with Namespace("vm1") as ns, VirtualNic(namespace="vm1",
+    ...                                         mac=stable_mac("vm1", 0)) as nic:
+    ...     fd = nic.open_fd()     # doctest: +SKIP
+
+    Raises:
+        ConfigError: bad name, MAC, mode or model; a name that exists.
+        NotFoundError: the namespace does not exist.
+        LinkError / HostError: the kernel refused.
+    """
+
+    _kind = "virtual NIC"
+
+    def __init__(self, name: str | None = None, *, namespace: str | Namespace | None = None,
+                 mac: str | None = None, mode: NicMode = "macvtap",
+                 model: str = "virtio-net-pci") -> None:
+        super().__init__()
+        self.mac = validate.mac(mac) if mac is not None else random_mac()
+        if name is None:
+            name = "vn" + self.mac.replace(":", "")[4:]
+        self.name = validate.ifname(name, what="VirtualNic name")
+        if len(self.name.encode()) > NAME_MAX:
+            raise ConfigError(f"VirtualNic name {name!r} is too long: at most {NAME_MAX} "
+                              "bytes, since the sink and device names append one letter")
+        if mode not in MODES:
+            raise ConfigError(f"VirtualNic mode must be one of {MODES}, got {mode!r}")
+        self.mode: NicMode = mode
+        if not isinstance(model, str) or not model.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"NIC model {model!r} is not a QEMU device name")
+        self.model = model
+        ns_name = getattr(namespace, "name", namespace)
+        self.namespace: str | None = (check_netns_name(ns_name) if ns_name is not None
+                                      else None)
+        self.device_node: Path | None = None
+
+    def __repr__(self) -> str:
+        return (f"VirtualNic({self.name!r}, namespace={self.namespace!r}, mac={self.mac!r}, "
+                f"mode={self.mode!r})")
+
+    def _label(self) -> str:
+        return f"virtual NIC {self.name!r}"
+
+    @property
+    def port(self) -> str:
+        """The host-side end of the veth pair: plug this into a Switch."""
+        return self.name
+
+    @property
+    def ifname(self) -> str:
+        """Same as :attr:`port` (what a Switch or Bond enslaves)."""
+        return self.name
+
+    @property
+    def sink(self) -> str:
+        """The machine-side end of the veth pair (in :attr:`namespace`)."""
+        return self.name + "s"
+
+    @property
+    def device(self) -> str:
+        """The macvtap or tap interface QEMU's descriptor is attached to."""
+        return self.name + "t"
+
+    @property
+    def tap_bridge(self) -> str | None:
+        """In tap mode, the bridge joining sink and tap; ``None`` for macvtap."""
+        return self.name + "b" if self.mode == "tap" else None
+
+    def _build(self, undo: UndoStack) -> None:
+        ns = self.namespace
+        inner = [self.sink, self.device] + ([self.name + "b"] if self.mode == "tap" else [])
+        with rtnl() as host, rtnl(ns) as ipr:
+            require_absent(host, self.port, None)
+            for name in inner:
+                require_absent(ipr, name, ns)
+            self._add_veth(host, undo)
+            if self.mode == "macvtap":
+                self._add_macvtap(ipr, undo)
+            else:
+                self._add_tap(ipr, undo)
+            for name in (self.sink, self.device):
+                with kernel_call("set up", name, ns):
+                    ipr.link("set", index=require(ipr, name, ns), state="up")
+            with kernel_call("set up", self.port, None):
+                host.link("set", index=require(host, self.port, None), state="up")
+        if self.mode == "macvtap":
+            self._make_device_node(undo)
+        log.info("created %r", self)
+
+    def _add_veth(self, host: Any, undo: UndoStack) -> None:
+        peer: dict[str, object] = {"ifname": self.sink}
+        nsfd = os.open(netns_path(self.namespace), os.O_RDONLY) if self.namespace else None
+        try:
+            if nsfd is not None:
+                peer["net_ns_fd"] = nsfd
+            with kernel_call("add veth", self.port, None):
+                host.link("add", ifname=self.port, kind="veth", peer=peer)
+        finally:
+            if nsfd is not None:
+                os.close(nsfd)
+        # deleting one end of a veth deletes both
+        undo.push(f"delete veth {self.port}", lambda: delete_link(self.port, None))
+
+    def _add_macvtap(self, ipr: Any, undo: UndoStack) -> None:
+        ns = self.namespace
+        sink = require(ipr, self.sink, ns)
+        with kernel_call("add macvtap", self.device, ns):
+            ipr.link("add", ifname=self.device, kind="macvtap", link=sink,
+                     macvtap_mode="passthru", address=self.mac)
+        undo.push(f"delete macvtap {self.device}", lambda: delete_link(self.device, ns))
+
+    def _add_tap(self, ipr: Any, undo: UndoStack) -> None:
+        ns = self.namespace
+        if ns is None:
+            fd = _tun_attach_here(self.device, persist=True)
+        else:
+            fd = tun_open(ns, self.device, TAP_FLAGS, persist=True)
+        os.close(fd)
+        undo.push(f"delete tap {self.device}", lambda: delete_link(self.device, ns))
+        bridge = self.name + "b"
+        with kernel_call("add bridge", bridge, ns):
+            ipr.link("add", ifname=bridge, kind="bridge", br_stp_state=0,
+                     br_forward_delay=0, br_ageing_time=0)
+        undo.push(f"delete bridge {bridge}", lambda: delete_link(bridge, ns))
+        index = require(ipr, bridge, ns)
+        for member in (self.sink, self.device):
+            with kernel_call(f"connect to {bridge}", member, ns):
+                ipr.link("set", index=require(ipr, member, ns), master=index)
+        with kernel_call("set up", bridge, ns):
+            ipr.link("set", index=index, state="up")
+
+    def _read_dev_numbers(self) -> tuple[int, int]:
+        with rtnl(self.namespace) as ipr:
+            ifindex = require(ipr, self.device, self.namespace)
+        path = f"/sys/class/net/{self.device}/macvtap/tap{ifindex}/dev"
+        try:
+            if self.namespace is None:
+                text = Path(path).read_text()
+            else:
+                text = read_file(self.namespace, path, sysfs=True).decode()
+            major, minor = (int(part) for part in text.strip().split(":"))
+        except (OSError, ValueError) as exc:
+            raise HostError(f"cannot read the device numbers of macvtap {self.device!r} "
+                            f"from {path}: {exc}") from exc
+        return major, minor
+
+    def _make_device_node(self, undo: UndoStack) -> None:
+        major, minor = self._read_dev_numbers()
+        node = _device_dir() / f"{self.namespace or '-host'}.{self.device}"
+        try:
+            node.unlink(missing_ok=True)  # a stale node from a crashed run
+            os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(major, minor))
+        except OSError as exc:
+            raise HostError(f"cannot create device node {node} for macvtap "
+                            f"{self.device!r}: {exc.strerror}") from exc
+        self.device_node = node
+        undo.push(f"remove {node}", lambda: node.unlink(missing_ok=True))
+        log.debug("macvtap %s is %s (%d:%d)", self.device, node, major, minor)
+
+    def open_fd(self) -> int:
+        """Open a new descriptor on the NIC's macvtap or tap for QEMU's ``-netdev tap,fd=``.
+
+        The caller owns the descriptor (close it, or hand it to QEMU with
+        ``pass_fds``). It is opened non-inheritable, with ``IFF_VNET_HDR`` set
+        (QEMU detects that): frames read or written carry a 10-byte virtio-net
+        header. A tap-mode NIC accepts one descriptor at a time.
+
+        Raises:
+            StateError: the NIC is not created.
+            HostError: the device could not be opened.
+        """
+        self._require_created("open a descriptor on")
+        if self.mode == "macvtap":
+            assert self.device_node is not None
+            try:
+                return os.open(self.device_node, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as exc:
+                raise HostError(f"cannot open {self.device_node} (macvtap {self.device!r}): "
+                                f"{exc.strerror}") from exc
+        try:
+            if self.namespace is None:
+                return _tun_attach_here(self.device, persist=False)
+            return tun_open(self.namespace, self.device, TAP_FLAGS)
+        except (OSError, NetworkError) as exc:
+            raise HostError(f"cannot attach to tap {self.device!r}: {exc}") from exc
+
+    def qemu_args(self, fd: int, *, index: int) -> list[str]:
+        """``-netdev``/``-device`` arguments for QEMU using descriptor ``fd``."""
+        return ["-netdev", f"tap,id=net{index},fd={fd}",
+                "-device", f"{self.model},netdev=net{index},mac={self.mac},id=nic{index}"]
+
+
+def _tun_attach_here(ifname: str, *, persist: bool) -> int:
+    """TUNSETIFF in our own namespace (no namespace switch is involved)."""
+    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), TAP_FLAGS))
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as exc:
+        os.close(fd)
+        raise HostError(f"cannot create or attach tap {ifname!r}: {exc.strerror}") from exc
+    return fd

@@ -1,0 +1,396 @@
+"""Router: ties the virtual networks to a host interface (the trunk).
+
+*bridged* mode (the seed's design)::
+
+    trunk --[bridge NAME]-- NAMEr ====veth==== NAMEl (lan_port) -- Switch
+
+Layer 2 passes straight through: machines see the trunk's network.
+
+*nat* mode: the router gets a namespace of its own, named NAME::
+
+    host                     | namespace NAME
+    trunk ------------------ | macvlan "wan" (trunk_address, default route via gateway)
+                             |   nftables: masquerade LAN -> wan, forward LAN -> wan only
+    NAMEl (lan_port) ==veth==| "lan" (first address of subnet) + dnsmasq (DHCP, DNS)
+
+The trunk stays usable by the host: the router reaches it through a macvlan
+with its own MAC and ``trunk_address``, so nothing is taken from the host.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import signal
+import subprocess
+import time
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from vmanager import paths, validate
+from vmanager.errors import ConfigError, HostError, NetworkError, NotFoundError
+from vmanager.net._netlink import (
+    attr,
+    delete_link,
+    kernel_call,
+    lookup,
+    netns_path,
+    require,
+    require_absent,
+    rtnl,
+)
+from vmanager.net._nsexec import popen, write_file
+from vmanager.net._port import PortLike, port_ifname
+from vmanager.net._resource import Resource, UndoStack
+from vmanager.net.host import sys_command
+from vmanager.net.namespace import Namespace
+
+log = logging.getLogger(__name__)
+
+RouterMode = Literal["bridged", "nat"]
+NAME_MAX = 14  # "l"/"r" are appended for the LAN veth pair
+LAN_IF = "lan"
+WAN_IF = "wan"
+NFT_TABLE = "vmanager"
+STOP_TIMEOUT = 5.0
+
+
+def default_subnet(name: str) -> ipaddress.IPv4Network:
+    """A /24 in 10.0.0.0/8 derived from the router name (stable across runs)."""
+    h = zlib.crc32(name.encode())
+    return ipaddress.IPv4Network(f"10.{(h >> 8) & 0xFF}.{h & 0xFF}.0/24")
+
+
+def _parse_subnet(value: object) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(str(value), strict=True)
+    except ValueError as exc:
+        raise ConfigError(f"subnet {value!r} does not parse as an IPv4 network such as "
+                          f"'10.1.2.0/24': {exc}") from exc
+    if net.prefixlen > 29:
+        raise ConfigError(f"subnet {value!r} is too small for a router and DHCP clients")
+    return net
+
+
+class Router(Resource):
+    """The seed's router: a trunk interface and one LAN port that plugs into a Switch.
+
+    Args:
+        name: router name (at most 14 bytes); the bridge (bridged) or namespace (nat).
+        trunk: existing host interface (name or :class:`Interface`) leading outside.
+        mode: ``"bridged"`` (layer 2 through) or ``"nat"`` (routed and masqueraded).
+        subnet: LAN subnet in NAT mode (default: a /24 in 10/8 derived from the name);
+            the router takes its first address.
+        trunk_address: the router's address on the trunk network in NAT mode (CIDR,
+            required there), ``gateway`` the next hop for its default route.
+        dhcp, dns: serve DHCP / DNS on the LAN with dnsmasq (NAT mode; default on).
+        upstream_dns: servers dnsmasq forwards to (default: none, it answers only
+            the LAN's own names: ``router.<domain>`` and DHCP clients).
+
+    >>> with Router("r1", trunk="eth1", mode="nat", trunk_address="192.0.2.9/24",
+    ...             gateway="192.0.2.1") as r, Switch("sw") as sw:   # doctest: +SKIP
+    ...     sw.connect(r)
+
+    Raises:
+        ConfigError: bad name, mode, subnet or addresses; a name in use.
+        NotFoundError: the trunk does not exist.
+        HostError: nft or dnsmasq missing or failing to start.
+        LinkError: the kernel refused.
+    """
+
+    _kind = "router"
+
+    def __init__(self, name: str, *, trunk: PortLike, mode: RouterMode = "bridged",
+                 subnet: str | None = None, trunk_address: str | None = None,
+                 gateway: str | None = None, dhcp: bool | None = None,
+                 dns: bool | None = None, upstream_dns: Sequence[str] = (),
+                 domain: str = "lan") -> None:
+        super().__init__()
+        self.name = validate.ifname(name, what="router name")
+        if len(self.name.encode()) > NAME_MAX:
+            raise ConfigError(f"router name {name!r} is too long: at most {NAME_MAX} bytes")
+        self.trunk = port_ifname(trunk)
+        if mode not in ("bridged", "nat"):
+            raise ConfigError(f"router mode must be 'bridged' or 'nat', got {mode!r}")
+        self.mode: RouterMode = mode
+        self._process: subprocess.Popen[bytes] | None = None
+        self.run_dir: Path | None = None
+        if mode == "bridged":
+            for option, value in (("subnet", subnet), ("trunk_address", trunk_address),
+                                  ("gateway", gateway), ("dhcp", dhcp), ("dns", dns)):
+                if value:
+                    raise ConfigError(f"{option}= only applies to a router in 'nat' mode")
+            self.subnet: ipaddress.IPv4Network | None = None
+            self.trunk_address: ipaddress.IPv4Interface | None = None
+            self.gateway: ipaddress.IPv4Address | None = None
+            self.dhcp = self.dns = False
+            self.upstream_dns: tuple[ipaddress.IPv4Address, ...] = ()
+            self.domain = domain
+            return
+        self.subnet = _parse_subnet(subnet) if subnet is not None else default_subnet(name)
+        if trunk_address is None:
+            raise ConfigError(f"router {name!r} in 'nat' mode needs trunk_address= "
+                              "(its own address on the trunk network, e.g. '192.0.2.9/24')")
+        try:
+            self.trunk_address = ipaddress.IPv4Interface(trunk_address)
+            self.gateway = ipaddress.IPv4Address(gateway) if gateway is not None else None
+            self.upstream_dns = tuple(ipaddress.IPv4Address(s) for s in upstream_dns)
+        except ValueError as exc:
+            raise ConfigError(f"router {name!r}: {exc}") from exc
+        if self.trunk_address.network.overlaps(self.subnet):
+            raise ConfigError(f"router {name!r}: LAN subnet {self.subnet} overlaps the trunk "
+                              f"network {self.trunk_address.network}")
+        if self.gateway is not None and self.gateway not in self.trunk_address.network:
+            raise ConfigError(f"gateway {self.gateway} is not on the trunk network "
+                              f"{self.trunk_address.network}")
+        self.dhcp = True if dhcp is None else bool(dhcp)
+        self.dns = True if dns is None else bool(dns)
+        self.domain = validate.name(domain, what="DNS domain")
+
+    def __repr__(self) -> str:
+        return f"Router({self.name!r}, trunk={self.trunk!r}, mode={self.mode!r})"
+
+    def _label(self) -> str:
+        return f"router {self.name!r}"
+
+    @property
+    def lan_port(self) -> str:
+        """The host-side LAN port: connect it to a Switch."""
+        return self.name + "l"
+
+    @property
+    def ifname(self) -> str:
+        """Same as :attr:`lan_port` (what a Switch enslaves)."""
+        return self.lan_port
+
+    @property
+    def namespace(self) -> str | None:
+        """The router's namespace in NAT mode, ``None`` when bridged."""
+        return self.name if self.mode == "nat" else None
+
+    @property
+    def address(self) -> ipaddress.IPv4Interface | None:
+        """The router's LAN address in NAT mode (the DHCP clients' gateway)."""
+        if self.subnet is None:
+            return None
+        return ipaddress.IPv4Interface(f"{self.subnet.network_address + 1}/"
+                                      f"{self.subnet.prefixlen}")
+
+    @property
+    def dnsmasq_pid(self) -> int | None:
+        """The pid of the router's dnsmasq, while it runs."""
+        proc = self._process
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    # -- building ------------------------------------------------------------
+
+    def _build(self, undo: UndoStack) -> None:
+        with rtnl() as host:
+            trunk = lookup(host, self.trunk)
+            if trunk is None:
+                raise NotFoundError(f"trunk interface {self.trunk!r} of router {self.name!r} "
+                                    "does not exist")
+            for name in (self.lan_port, self.name + "r") + ((self.name,) if self.mode ==
+                                                             "bridged" else ()):
+                require_absent(host, name, None)
+            was_up = bool(host.link("get", index=trunk)[0]["flags"] & 1)
+            if self.mode == "bridged":
+                self._build_bridged(host, trunk, undo)
+            else:
+                self._build_nat(host, trunk, undo)
+            if not was_up:
+                undo.push(f"set {self.trunk} down", lambda: self._trunk_state("down"))
+            with kernel_call("set up", self.trunk, None):
+                host.link("set", index=trunk, state="up")
+        log.info("created %r", self)
+
+    def _trunk_state(self, state: str) -> None:
+        with rtnl() as ipr:
+            index = lookup(ipr, self.trunk)
+            if index is not None:
+                with kernel_call(f"set {state}", self.trunk, None):
+                    ipr.link("set", index=index, state=state)
+
+    def _build_bridged(self, host: Any, trunk: int, undo: UndoStack) -> None:
+        ipr = host
+        inner = self.name + "r"
+        if attr(ipr.link("get", index=trunk)[0], "IFLA_MASTER"):
+            raise ConfigError(f"trunk {self.trunk!r} is already enslaved elsewhere")
+        with kernel_call("add bridge", self.name, None):
+            ipr.link("add", ifname=self.name, kind="bridge", br_stp_state=0,
+                     br_forward_delay=0)
+        undo.push(f"delete bridge {self.name}", lambda: delete_link(self.name, None))
+        with kernel_call("add veth", self.lan_port, None):
+            ipr.link("add", ifname=self.lan_port, kind="veth", peer=inner)
+        undo.push(f"delete veth {self.lan_port}", lambda: delete_link(self.lan_port, None))
+        bridge = require(ipr, self.name, None)
+        with kernel_call(f"connect to bridge {self.name}", self.trunk, None):
+            ipr.link("set", index=trunk, master=bridge)
+        undo.push(f"release trunk {self.trunk}", self._release_trunk)
+        for name in (inner, self.lan_port):
+            index = require(ipr, name, None)
+            with kernel_call("set up", name, None):
+                if name == inner:
+                    ipr.link("set", index=index, master=bridge)
+                ipr.link("set", index=index, state="up")
+        with kernel_call("set up", self.name, None):
+            ipr.link("set", index=bridge, state="up")
+
+    def _release_trunk(self) -> None:
+        with rtnl() as ipr:
+            index, bridge = lookup(ipr, self.trunk), lookup(ipr, self.name)
+            if index is None or bridge is None:
+                return
+            if attr(ipr.link("get", index=index)[0], "IFLA_MASTER") == bridge:
+                with kernel_call(f"release from bridge {self.name}", self.trunk, None):
+                    ipr.link("set", index=index, master=0)
+
+    def _build_nat(self, host: Any, trunk: int, undo: UndoStack) -> None:
+        assert self.subnet is not None and self.trunk_address is not None
+        ns = Namespace(self.name).create()
+        undo.push(f"remove namespace {self.name}", ns.close)
+        nsfd = os.open(netns_path(self.name), os.O_RDONLY)
+        try:
+            with kernel_call("add veth", self.lan_port, None):
+                host.link("add", ifname=self.lan_port, kind="veth",
+                          peer={"ifname": LAN_IF, "net_ns_fd": nsfd})
+            undo.push(f"delete veth {self.lan_port}",
+                      lambda: delete_link(self.lan_port, None))
+            with kernel_call("add macvlan on trunk", self.trunk, None):
+                host.link("add", ifname=WAN_IF, kind="macvlan", link=trunk,
+                          macvlan_mode="bridge", net_ns_fd=nsfd)
+        finally:
+            os.close(nsfd)
+        with kernel_call("set up", self.lan_port, None):
+            host.link("set", index=require(host, self.lan_port, None), state="up")
+        with rtnl(self.name) as ipr:
+            for ifname, address in ((LAN_IF, self.address), (WAN_IF, self.trunk_address)):
+                assert address is not None
+                index = require(ipr, ifname, self.name)
+                with kernel_call(f"configure {address} on", ifname, self.name):
+                    ipr.addr("add", index=index, address=str(address.ip),
+                             prefixlen=address.network.prefixlen)
+                    ipr.link("set", index=index, state="up")
+            ipr.link("set", index=require(ipr, "lo", self.name), state="up")
+            if self.gateway is not None:
+                with kernel_call(f"add default route via {self.gateway}", WAN_IF, self.name):
+                    ipr.route("add", dst="0.0.0.0/0", gateway=str(self.gateway))
+        write_file(self.name, "/proc/sys/net/ipv4/ip_forward", "1")
+        self._load_nft()
+        undo.push(f"delete nft table {NFT_TABLE}", self._unload_nft)
+        if self.dhcp or self.dns:
+            self._start_dnsmasq(undo)
+
+    def _nft_ruleset(self) -> str:
+        return f"""table ip {NFT_TABLE} {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{WAN_IF}" ip saddr {self.subnet} masquerade
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        iifname "{LAN_IF}" oifname "{WAN_IF}" ip saddr {self.subnet} accept
+        iifname "{WAN_IF}" oifname "{LAN_IF}" ct state established,related accept
+    }}
+}}
+"""
+
+    def _load_nft(self) -> None:
+        sys_command(["nft", "-f", "-"], input=self._nft_ruleset(), netns=self.name,
+                    timeout=30)
+
+    def _unload_nft(self) -> None:
+        if not os.path.exists(netns_path(self.name)):
+            return
+        sys_command(["nft", "delete", "table", "ip", NFT_TABLE], netns=self.name,
+                    timeout=30, check=False)
+
+    def _dnsmasq_argv(self, rundir: Path) -> list[str]:
+        assert self.subnet is not None and self.address is not None
+        hosts = list(self.subnet.hosts())
+        first, last = hosts[len(hosts) // 2], hosts[-1]
+        argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+                f"--pid-file={rundir / 'dnsmasq.pid'}", "--log-facility=-",
+                f"--interface={LAN_IF}", "--bind-interfaces", "--no-hosts", "--no-resolv",
+                f"--domain={self.domain}", f"--local=/{self.domain}/", "--user=root",
+                "--group=root"]
+        if self.dns:
+            argv += [f"--host-record=router.{self.domain},{self.address.ip}",
+                     *(f"--server={s}" for s in self.upstream_dns)]
+        else:
+            argv += ["--port=0"]
+        if self.dhcp:
+            argv += [f"--dhcp-range={first},{last},{self.subnet.netmask},1h",
+                     f"--dhcp-leasefile={rundir / 'leases'}", "--dhcp-authoritative",
+                     f"--dhcp-option=option:router,{self.address.ip}"]
+            if not self.dns:
+                argv += ["--dhcp-option=option:dns-server"]
+        return argv
+
+    def _start_dnsmasq(self, undo: UndoStack, timeout: float = 10.0) -> None:
+        rundir = paths.private_dir(paths.run_dir() / "net" / f"router-{self.name}")
+        self.run_dir = rundir
+        undo.push(f"remove {rundir}", lambda: _remove_tree(rundir))
+        argv = self._dnsmasq_argv(rundir)
+        logfile = rundir / "dnsmasq.log"
+        with open(logfile, "wb") as log_out:
+            try:
+                proc = popen(argv, netns=self.name, stdin=subprocess.DEVNULL,
+                             stdout=log_out, stderr=subprocess.STDOUT)
+            except OSError as exc:
+                raise HostError(f"cannot start dnsmasq for router {self.name!r}: {exc}") from exc
+        self._process = proc
+        undo.push("stop dnsmasq", self._stop_dnsmasq)
+        pidfile = rundir / "dnsmasq.pid"
+        deadline = time.monotonic() + timeout
+        while not (pidfile.exists() and pidfile.read_text().strip()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                tail = logfile.read_text(errors="replace")[-2000:]
+                what = (f"exited with status {proc.returncode}" if proc.returncode is not None
+                        else f"did not start within {timeout} s")
+                raise HostError(f"dnsmasq for router {self.name!r} {what}:\n{tail}")
+            time.sleep(0.02)
+        log.info("router %s: dnsmasq running as pid %d", self.name, proc.pid)
+
+    def _stop_dnsmasq(self) -> None:
+        proc, self._process = self._process, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=STOP_TIMEOUT)
+        log.info("router %s: dnsmasq stopped", self.name)
+
+    def leases(self) -> list[tuple[str, str]]:
+        """Current DHCP leases as ``(mac, ip)`` pairs (NAT mode with DHCP).
+
+        Raises:
+            StateError: the router is not running.
+            NetworkError: the lease file cannot be read.
+        """
+        self._require_created("read the leases of")
+        if self.run_dir is None:
+            return []
+        try:
+            lines = (self.run_dir / "leases").read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise NetworkError(f"cannot read leases of router {self.name!r}: {exc}") from exc
+        return [(f[1], f[2]) for f in (line.split() for line in lines) if len(f) >= 3]
+
+
+def _remove_tree(path: Path) -> None:
+    if not path.exists():
+        return
+    for child in path.iterdir():
+        child.unlink()
+    path.rmdir()
+

@@ -1,0 +1,224 @@
+"""Virtual switches: Linux bridges, optionally VLAN-aware."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from vmanager import validate
+from vmanager.errors import ConfigError, HostError, NetworkError
+from vmanager.net._netlink import (
+    attr,
+    delete_link,
+    kernel_call,
+    lookup,
+    require,
+    require_absent,
+    rtnl,
+)
+from vmanager.net._port import PortLike, port_ifname
+from vmanager.net._resource import Resource, UndoStack
+
+log = logging.getLogger(__name__)
+
+DEFAULT_VLAN = 1
+
+
+@dataclass(frozen=True)
+class SwitchPort:
+    """How one port is connected.
+
+    ``vlan`` is the access (untagged, PVID) VLAN, ``vlans`` the tagged (trunk) ones;
+    both are empty/``None`` on a switch without VLAN filtering.
+    """
+
+    ifname: str
+    vlan: int | None = None
+    vlans: frozenset[int] = frozenset()
+
+    @property
+    def is_trunk(self) -> bool:
+        """Whether the port carries tagged VLANs."""
+        return bool(self.vlans)
+
+
+def _check_vid(vid: object) -> int:
+    if isinstance(vid, bool) or not isinstance(vid, int) or not 1 <= vid <= 4094:
+        raise ConfigError(f"VLAN id must be an integer from 1 to 4094, got {vid!r}")
+    return vid
+
+
+class Switch(Resource):
+    """A Linux bridge in the host namespace that ports are connected to.
+
+    With ``vlan_filtering=True`` the bridge filters by VLAN: ``connect(p, vlan=10)``
+    makes an access port (frames leave untagged, untagged frames enter VLAN 10),
+    ``connect(p, vlans=[10, 20])`` a trunk port carrying those VLANs tagged. A port
+    connected without either stays in VLAN 1, untagged.
+
+    >>> with Switch("sw0") as sw, VirtualNic("a") as a:    # doctest: +SKIP
+    ...     sw.connect(a)
+
+    STP is off and the forward delay is 0, so ports forward at once.
+
+    Raises:
+        ConfigError: bad name or VLAN, the name exists, a port is already connected.
+        NotFoundError: a port does not exist.
+        HostError: VLAN filtering requested on a kernel built without it.
+        LinkError: the kernel refused a request.
+    """
+
+    _kind = "switch"
+
+    def __init__(self, name: str, *, vlan_filtering: bool = False) -> None:
+        super().__init__()
+        self.name = validate.ifname(name, what="switch name")
+        self.vlan_filtering = bool(vlan_filtering)
+        self._ports: dict[str, SwitchPort] = {}
+
+    def __repr__(self) -> str:
+        return f"Switch({self.name!r}, vlan_filtering={self.vlan_filtering})"
+
+    def _label(self) -> str:
+        return f"switch {self.name!r}"
+
+    @property
+    def ifname(self) -> str:
+        """The bridge's interface name."""
+        return self.name
+
+    @property
+    def ports(self) -> dict[str, SwitchPort]:
+        """The ports this object connected, by ifname (a copy)."""
+        return dict(self._ports)
+
+    def _build(self, undo: UndoStack) -> None:
+        with rtnl() as ipr:
+            require_absent(ipr, self.name, None)
+            with kernel_call("add bridge", self.name, None):
+                ipr.link("add", ifname=self.name, kind="bridge", br_stp_state=0,
+                         br_forward_delay=0)
+            undo.push(f"delete bridge {self.name}", lambda: delete_link(self.name, None))
+            undo.push(f"disconnect ports of {self.name}", self._disconnect_all)
+            index = require(ipr, self.name, None)
+            if self.vlan_filtering:
+                try:
+                    ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+                except NetlinkError as exc:
+                    if exc.code in (errno.EOPNOTSUPP, errno.EINVAL):
+                        raise HostError(f"cannot make switch {self.name!r} VLAN-aware: "
+                                        "this kernel has no bridge VLAN filtering "
+                                        "(CONFIG_BRIDGE_VLAN_FILTERING)") from exc
+                    raise
+                msg = ipr.link("get", index=index)[0]
+                data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+                if data is None or not data.get_attr("IFLA_BR_VLAN_FILTERING"):
+                    raise HostError(f"cannot make switch {self.name!r} VLAN-aware: the "
+                                    "kernel ignored vlan_filtering (no "
+                                    "CONFIG_BRIDGE_VLAN_FILTERING)")
+            with kernel_call("set up", self.name, None):
+                ipr.link("set", index=index, state="up")
+
+    def connect(self, port: PortLike, *, vlan: int | None = None,
+                vlans: Iterable[int] | None = None) -> SwitchPort:
+        """Enslave ``port`` to the switch and bring it up.
+
+        ``vlan`` / ``vlans`` need ``vlan_filtering=True``: see the class doc.
+
+        Raises:
+            StateError: the switch is not created.
+            ConfigError: the port is connected (here or elsewhere), or VLAN options
+                are bad or given to a switch without VLAN filtering.
+            NotFoundError: the port does not exist in the host namespace.
+            LinkError: the kernel refused.
+        """
+        self._require_created("connect a port to")
+        ifname = port_ifname(port)
+        access = _check_vid(vlan) if vlan is not None else None
+        tagged = frozenset(_check_vid(v) for v in vlans) if vlans is not None else frozenset()
+        if (access is not None or tagged) and not self.vlan_filtering:
+            raise ConfigError(f"switch {self.name!r} was made without vlan_filtering=True; "
+                              f"cannot connect {ifname!r} with VLANs")
+        if access is not None and access in tagged:
+            raise ConfigError(f"VLAN {access} cannot be both untagged and tagged on {ifname!r}")
+        if ifname in self._ports:
+            raise ConfigError(f"{ifname!r} is already connected to switch {self.name!r}")
+        if ifname == self.name:
+            raise ConfigError(f"cannot connect switch {self.name!r} to itself")
+        config = SwitchPort(ifname, access, tagged)
+        with rtnl() as ipr:
+            index = require(ipr, ifname, None, what="port")
+            master = attr(ipr.link("get", index=index)[0], "IFLA_MASTER")
+            if master:
+                owner = attr(ipr.link("get", index=master)[0], "IFLA_IFNAME")
+                raise ConfigError(f"{ifname!r} is already connected to {owner!r}")
+            bridge = require(ipr, self.name, None)
+            with kernel_call(f"connect to switch {self.name}", ifname, None):
+                ipr.link("set", index=index, master=bridge)
+            try:
+                if self.vlan_filtering:
+                    self._apply_vlans(ipr, index, config)
+                with kernel_call("set up", ifname, None):
+                    ipr.link("set", index=index, state="up")
+            except BaseException:
+                with kernel_call(f"disconnect from switch {self.name}", ifname, None):
+                    ipr.link("set", index=index, master=0)
+                raise
+        self._ports[ifname] = config
+        log.info("switch %s: connected %s%s", self.name, ifname,
+                 f" vlan={access} vlans={sorted(tagged)}" if self.vlan_filtering else "")
+        return config
+
+    def _apply_vlans(self, ipr: Any, index: int, config: SwitchPort) -> None:
+        wanted: dict[int, list[str]] = {vid: [] for vid in config.vlans}
+        if config.vlan is not None:
+            wanted[config.vlan] = ["pvid", "untagged"]
+        elif not config.vlans:
+            wanted[DEFAULT_VLAN] = ["pvid", "untagged"]
+        with kernel_call("set VLANs of", config.ifname, None):
+            if DEFAULT_VLAN not in wanted:
+                ipr.vlan_filter("del", index=index, vlan_info={"vid": DEFAULT_VLAN})
+            for vid, flags in sorted(wanted.items()):
+                ipr.vlan_filter("add", index=index,
+                                vlan_info={"vid": vid, "flags": flags})
+
+    def disconnect(self, port: PortLike) -> None:
+        """Release ``port`` from the switch (it stays up and keeps existing).
+
+        Raises:
+            ConfigError: the port is not connected to this switch.
+            LinkError: the kernel refused.
+        """
+        ifname = port_ifname(port)
+        if ifname not in self._ports:
+            raise ConfigError(f"{ifname!r} is not connected to switch {self.name!r}")
+        del self._ports[ifname]
+        self._release(ifname)
+        log.info("switch %s: disconnected %s", self.name, ifname)
+
+    def _release(self, ifname: str) -> None:
+        with rtnl() as ipr:
+            index = lookup(ipr, ifname)
+            bridge = lookup(ipr, self.name)
+            if index is None or bridge is None:
+                return  # the port or the bridge is gone: nothing is enslaved any more
+            if attr(ipr.link("get", index=index)[0], "IFLA_MASTER") != bridge:
+                return
+            with kernel_call(f"disconnect from switch {self.name}", ifname, None):
+                ipr.link("set", index=index, master=0)
+
+    def _disconnect_all(self) -> None:
+        failures = []
+        for ifname in list(self._ports):
+            del self._ports[ifname]
+            try:
+                self._release(ifname)
+            except NetworkError as exc:
+                failures.append(str(exc))
+        if failures:
+            raise NetworkError("; ".join(failures))

@@ -1,0 +1,105 @@
+"""Fixtures for the networking tests: real kernel objects in throwaway namespaces.
+
+Every test runs under :func:`no_leaks`, which fails it when a namespace, a host
+link, a child process or a device node made during the test is still there
+afterwards (and removes the leftovers so the next test starts clean).
+Traffic only ever goes to loopback and to namespaces the tests create.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+from pyroute2 import netns as pyroute2_netns
+
+from vmanager.net import Namespace
+
+if os.geteuid() != 0:
+    pytest.skip("the networking tests need root (netlink, namespaces)", allow_module_level=True)
+
+_RUN_DIR = Path(tempfile.mkdtemp(prefix="vmanager-net-test-"))
+os.environ["VMANAGER_RUN_DIR"] = str(_RUN_DIR)
+
+pytestmark = pytest.mark.net
+
+_counter = itertools.count()
+_TAG = f"{os.getpid() % 1000:03d}"
+
+
+def _links() -> set[str]:
+    with IPRoute() as ipr:
+        return {str(m.get_attr("IFLA_IFNAME")) for m in ipr.link("dump")}
+
+
+def _children() -> set[int]:
+    me = str(os.getpid())
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == me and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def _files() -> set[Path]:
+    return set(_RUN_DIR.rglob("*")) if _RUN_DIR.exists() else set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    """Fail the test if it leaves a namespace, link, child process or file behind."""
+    before = (set(pyroute2_netns.listnetns()), _links(), _children(), _files())
+    yield
+    after = (set(pyroute2_netns.listnetns()), _links(), _children(), _files())
+    leaked_ns, leaked_links, leaked_procs, leaked_files = (
+        a - b for a, b in zip(after, before, strict=True))
+    for ns in leaked_ns:
+        pyroute2_netns.remove(ns)
+    if leaked_links:
+        with IPRoute() as ipr:
+            for name in leaked_links:
+                for index in ipr.link_lookup(ifname=name):
+                    ipr.link("del", index=index)
+    for pid in leaked_procs:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    problems = {"namespaces": leaked_ns, "links": leaked_links, "processes": leaked_procs,
+                "files": leaked_files}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        pytest.fail(f"test leaked: {problems}")
+
+
+@pytest.fixture
+def name() -> Any:
+    """A factory of short unique names (fit in an ifname with a suffix)."""
+    def make(prefix: str = "t") -> str:
+        return f"{prefix}{_TAG}{next(_counter)}"
+    return make
+
+
+@pytest.fixture
+def netns(name: Any) -> Iterator[Any]:
+    """A factory of throwaway namespaces, all removed after the test."""
+    made: list[Namespace] = []
+
+    def make() -> str:
+        ns = Namespace(name("ns")).create()
+        made.append(ns)
+        return ns.name
+
+    yield make
+    for ns in reversed(made):
+        ns.close()
