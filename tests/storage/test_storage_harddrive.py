@@ -215,9 +215,21 @@ def test_overlay(tmp_path: Path) -> None:
     assert read_content(base.path, tmp_path)[:KiB64] == b"\x77" * KiB64  # base untouched
 
     top.create_snapshot("s")
+    write(top.path, 0x99)
+    top.apply_snapshot("s")
+    assert read_content(top.path, tmp_path)[:KiB64] == b"\x88" * KiB64
     info = top.wipe()
     assert info.backing_chain[0].filename == str(base.path) and info.snapshots == ()
     assert read_content(top.path, tmp_path)[:KiB64] == b"\x77" * KiB64  # base shows again
+
+
+def test_wipe_keeps_a_relative_backing_name(tmp_path: Path) -> None:
+    made(tmp_path / "base.qcow2", "2M")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2",
+             str(tmp_path / "top.qcow2"))
+    top = Harddrive(tmp_path / "top.qcow2")
+    assert top.info().backing_file == "base.qcow2"
+    assert top.wipe().backing_file == "base.qcow2"
 
 
 def test_overlay_on_a_path_in_another_directory(tmp_path: Path) -> None:

@@ -109,9 +109,12 @@ def test_has_protocol(name: str, expected: bool) -> None:
     assert has_protocol(name) is expected
 
 
-def test_image_opts_escapes_commas() -> None:
-    assert qemu_img.image_opts("/a,b", fmt="qcow2") == (
-        "driver=qcow2,file.driver=file,file.filename=/a,,b")
+def test_image_json() -> None:
+    spec = qemu_img.image_json('/a,b "c"', fmt="qcow2")
+    assert spec.startswith("json:")
+    assert json.loads(spec[5:]) == {"driver": "qcow2", "backing": None,
+                                    "file": {"driver": "file", "filename": '/a,b "c"'}}
+    assert "backing" not in json.loads(qemu_img.image_json("/a", fmt="raw")[5:])
 
 
 def test_legacy_strings_split_back(tmp_path: Path) -> None:

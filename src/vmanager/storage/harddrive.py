@@ -316,13 +316,13 @@ class Harddrive:
                 qemu_img.snapshot(self.path, "delete", snap.name, fmt=self.format)
             log.info("%s: deleted %d snapshots", self.path, len(current.snapshots))
             return self.info()
-        backing = current.backing_chain[0] if current.backing_chain else None
+        # The backing name is kept as recorded (relative stays relative); the chain
+        # check above accepted it, and the new file lives in the same directory.
         options = ({"cluster_size": str(current.cluster_size)}
                    if self.format == "qcow2" and current.cluster_size else None)
         self._replace_with(lambda tmp: qemu_img.create(
-            tmp, fmt=self.format, size=current.virtual_size,
-            backing=backing.filename if backing else None,
-            backing_fmt=backing.format if backing else None, options=options), overwrite=True)
+            tmp, fmt=self.format, size=current.virtual_size, backing=current.backing_file,
+            backing_fmt=current.backing_format, options=options), overwrite=True)
         log.info("%s: wiped", self.path)
         return self.info()
 

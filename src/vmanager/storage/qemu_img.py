@@ -299,18 +299,27 @@ def snapshot(path: StrPath, action: str, name: str, *, fmt: str,
     """``qemu-img snapshot -c|-a|-d name``; ``action`` is ``create``, ``apply`` or ``delete``.
 
     qemu-img matches ``name`` against snapshot names only (not ids). ``snapshot``
-    has no ``-f``, so the format is pinned with ``--image-opts`` instead of probed.
+    has no ``-f``, so the image is named by a ``json:`` description that pins the
+    format and keeps qemu-img from opening any backing file (internal snapshots
+    live in the top image alone).
     """
     flags = {"create": "-c", "apply": "-a", "delete": "-d"}
     if action not in flags:
         raise ValueError(f"unknown snapshot action {action!r}")
-    run(["snapshot", "-q", "--image-opts", flags[action], name, "--", image_opts(path, fmt=fmt)],
+    run(["snapshot", "-q", flags[action], name, "--", image_json(path, fmt=fmt)],
         timeout=timeout)
 
 
-def image_opts(path: StrPath, *, fmt: str) -> str:
-    """An ``--image-opts`` string opening plain file ``path`` as ``fmt``, no probing."""
-    return f"driver={fmt},file.driver=file,file.filename={_escape_opt(os.fspath(path))}"
+def image_json(path: StrPath, *, fmt: str, backing: bool = False) -> str:
+    """A ``json:`` filename opening plain file ``path`` as ``fmt`` without probing.
+
+    Unless ``backing`` is true, a qcow2 image's backing file is not opened.
+    """
+    spec: dict[str, Any] = {"driver": fmt,
+                            "file": {"driver": "file", "filename": os.fspath(path)}}
+    if fmt == "qcow2" and not backing:
+        spec["backing"] = None
+    return "json:" + json.dumps(spec, separators=(",", ":"))
 
 
 def _escape_opt(value: str) -> str:
