@@ -415,3 +415,16 @@ def test_path_with_comma_and_space(tmp_path: Path) -> None:
     hd.apply_snapshot("s")
     assert read_content(hd.path, tmp_path)[:4] == b"\x31" * 4
     assert os.path.basename(hd.info().filename) == "my disk,v1.qcow2"
+
+
+def test_walk_agrees_with_backing_chain_on_a_trusted_chain(tmp_path: Path) -> None:
+    from vmanager.storage import qemu_img as runner
+
+    a = made(tmp_path / "a.qcow2", "2M")
+    b = Harddrive(tmp_path / "b.qcow2", backing=a)
+    b.create()
+    walked = b.info()
+    listed = runner.info_chain(b.path, fmt="qcow2")
+    assert [i.filename for i in listed] == [str(b.path), str(a.path)]
+    assert [i.format for i in listed] == ["qcow2", "qcow2"]
+    assert walked.backing_chain[0].virtual_size == listed[1].virtual_size
