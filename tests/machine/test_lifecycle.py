@@ -230,7 +230,7 @@ def test_unsafe_names_are_refused(name: str) -> None:
 
 def test_missing_disk_and_iso_are_named() -> None:
     from vmanager import CD, Harddrive
-    with pytest.raises(NotFoundError, match="/nonexistent/x.iso"):
+    with pytest.raises(NotFoundError, match=r"/nonexistent/x\.iso"):
         Machine("m", cd=CD("/nonexistent/x.iso"))
-    with pytest.raises(NotFoundError, match="/nonexistent/d.qcow2"):
+    with pytest.raises(NotFoundError, match=r"/nonexistent/d\.qcow2"):
         Machine("m", harddrives=Harddrive("/nonexistent/d.qcow2")).start_vm()

@@ -42,7 +42,8 @@ def ping(netns: str, address: str, *, count: int = 1, wait: int = 1) -> bool:
 
 def ns_socket(netns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket that lives in ``netns`` (made by a forked child, handed back)."""
-    return pyroute2_netns.create_socket(netns, family, kind, proto, flags=0)
+    sock: socket.socket = pyroute2_netns.create_socket(netns, family, kind, proto, flags=0)
+    return sock
 
 
 def wait_for(predicate: Any, timeout: float = 5.0, interval: float = 0.1) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,14 +59,23 @@ def _files() -> set[Path]:
     return {p for p in _RUN_DIR.rglob("*") if p != _RUN_DIR / "net"}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _run_dir() -> Iterator[Path]:
+    """The private run directory of this test session, removed at the end."""
+    yield _RUN_DIR
+    shutil.rmtree(_RUN_DIR, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     """Fail the test if it leaves a namespace, link, child process or file behind."""
-    before = (set(pyroute2_netns.listnetns()), _links(), _children(), _files())
+    ns_before, links_before = set(pyroute2_netns.listnetns()), _links()
+    procs_before, files_before = _children(), _files()
     yield
-    after = (set(pyroute2_netns.listnetns()), _links(), _children(), _files())
-    leaked_ns, leaked_links, leaked_procs, leaked_files = (
-        a - b for a, b in zip(after, before, strict=True))
+    leaked_ns = set(pyroute2_netns.listnetns()) - ns_before
+    leaked_links = _links() - links_before
+    leaked_procs = _children() - procs_before
+    leaked_files = _files() - files_before
     for ns in leaked_ns:
         pyroute2_netns.remove(ns)
     if leaked_links:
@@ -76,9 +86,9 @@ def no_leaks() -> Iterator[None]:
     for pid in leaked_procs:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
-    problems = {"namespaces": leaked_ns, "links": leaked_links, "processes": leaked_procs,
-                "files": leaked_files}
-    problems = {k: v for k, v in problems.items() if v}
+    found: dict[str, object] = {"namespaces": leaked_ns, "links": leaked_links,
+                                "processes": leaked_procs, "files": leaked_files}
+    problems = {k: v for k, v in found.items() if v}
     if problems:
         pytest.fail(f"test leaked: {problems}")
 

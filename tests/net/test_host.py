@@ -29,7 +29,7 @@ def test_sys_command_failure_carries_argv_status_and_stderr() -> None:
 
 def test_sys_command_refuses_a_shell_string() -> None:
     with pytest.raises(ConfigError, match="argv list"):
-        sys_command("echo hi")  # type: ignore[arg-type]
+        sys_command("echo hi")
 
 
 def test_sys_command_missing_program_and_timeout() -> None:

@@ -14,6 +14,7 @@ from pyroute2 import IPRoute
 
 from vmanager.errors import ConfigError, HostError, NotFoundError, StateError
 from vmanager.net import Interface, Switch, VirtualNic, interfaces, stable_mac
+from vmanager.net.nic import NicMode
 
 VNET_HDR = bytes(10)  # virtio_net_hdr: the fd has IFF_VNET_HDR, as QEMU expects
 ETHERTYPE = 0x88B5    # "local experimental": nothing else on the wire uses it
@@ -41,7 +42,7 @@ def _read_frame(fd: int, payload: bytes, *, header: int, timeout: float = 3.0) -
 
 
 @pytest.mark.parametrize("mode", ["macvtap", "tap"])
-def test_frames_cross_from_nic_fd_to_a_namespace_and_back(mode: str, netns: Any,
+def test_frames_cross_from_nic_fd_to_a_namespace_and_back(mode: NicMode, netns: Any,
                                                           name: Any) -> None:
     vm, observer = netns(), netns()
     probe = name("p")
@@ -72,8 +73,8 @@ def test_frames_cross_from_nic_fd_to_a_namespace_and_back(mode: str, netns: Any,
                 observer_mac = Interface("eth0", netns=observer).mac
                 assert observer_mac is not None
                 raw.send(_frame(nic.mac, observer_mac, b"to-the-guest"))
-                got = _read_frame(fd, b"to-the-guest", header=len(VNET_HDR))
-                assert got is not None and got[:6] == _mac_bytes(nic.mac)
+                back = _read_frame(fd, b"to-the-guest", header=len(VNET_HDR))
+                assert back is not None and back[:6] == _mac_bytes(nic.mac)
             finally:
                 os.close(fd)
                 raw.close()

@@ -110,7 +110,7 @@ def test_bridged_router_carries_layer2_to_the_trunk(netns: Any, name: Any) -> No
             # layer 2: the outside sees the LAN host's own MAC
             mac = Interface("eth0", netns=lan_host).mac
             neigh = sys_command(["cat", "/proc/net/arp"], netns=outside).stdout
-            assert mac in neigh
+            assert mac is not None and mac in neigh
         assert Interface(trunk).master is None
         assert not Interface(router.name).exists
     finally:
