@@ -1,0 +1,43 @@
+"""Persistence: machine records, file locks, reattaching to running machines.
+
+::
+
+    state_dir()/machines/NAME.json   definition (+ runtime while QEMU runs)
+    state_dir()/locks/*.lock         flock()s: machine-NAME, session-NAME, lab-NAME
+    state_dir()/labs/NAME.json       what a lab made (see vmanager.lab)
+    run_dir()/machines/NAME/         qmp.sock, serial0.sock/.log, shell.sock, qemu.pid, qemu.log
+"""
+
+from vmanager.state._lock import FileLock, lock_path, locked
+from vmanager.state.persist import (
+    PersistentMachine,
+    PersistMixin,
+    attach,
+    build_machine,
+    definition_of,
+    detach,
+    machine_kwargs,
+    session_lock,
+)
+from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
+from vmanager.state.records import (
+    MachineRecord,
+    MachineStatus,
+    RecordError,
+    Runtime,
+    StaleRecordError,
+    clear_stale,
+    load,
+    require_running,
+    save,
+    status,
+    statuses,
+)
+
+__all__ = [
+    "AdoptedProcess", "FileLock", "Liveness", "MachineRecord", "MachineStatus",
+    "PersistMixin", "PersistentMachine", "ProcessIdentity", "RecordError", "Runtime",
+    "StaleRecordError", "attach", "build_machine", "clear_stale", "definition_of", "detach",
+    "load", "lock_path", "locked", "machine_kwargs", "require_running", "save",
+    "session_lock", "status", "statuses",
+]
