@@ -12,6 +12,7 @@ chained with ``from`` so the cause stays visible::
      ├── HostError              the host lacks something or refused (binary, permission, errno)
      │    └── CommandError      a host command failed (argv, status, output)
      ├── NetworkError           netlink, bridge, namespace or router trouble
+     │    └── LinkError         a netlink operation on a link (vmanager.net.errors)
      ├── StorageError           qemu-img, images, snapshots on disk
      ├── QemuError              the QEMU process
      │    ├── QemuStartError    QEMU died or never answered while starting (log tail)
