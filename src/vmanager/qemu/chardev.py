@@ -127,6 +127,12 @@ class Console:
                         tail=self.tail())
                 self._cond.wait(min(left, 1.0))
 
+    def discard_consumed(self) -> None:
+        """Forget output before the last match (for protocol consoles, not the serial log)."""
+        with self._cond:
+            del self._buf[:self._pos]
+            self._pos = 0
+
     # -- writing ------------------------------------------------------------------
     def write(self, data: str | bytes) -> None:
         """Send text (or bytes) to the guest, as if typed on this console."""
@@ -195,6 +201,7 @@ class Shell:
             except ConsoleTimeout as exc:
                 raise GuestCommandError("no answer from the guest's shell", command=command,
                                         status=None, output="") from exc
+            self.console.discard_consumed()
             status = int(found.group(1))
             out = base64.b64decode(found.group(2)).decode(errors="replace")
             err = base64.b64decode(found.group(3)).decode(errors="replace")
