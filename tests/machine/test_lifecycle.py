@@ -234,3 +234,12 @@ def test_missing_disk_and_iso_are_named() -> None:
         Machine("m", cd=CD("/nonexistent/x.iso"))
     with pytest.raises(NotFoundError, match=r"/nonexistent/d\.qcow2"):
         Machine("m", harddrives=Harddrive("/nonexistent/d.qcow2")).start_vm()
+
+
+def test_a_machine_running_elsewhere_is_not_started_twice(
+        shared_machine: Machine, tiny: TinyGuest) -> None:
+    twin = Machine(shared_machine.name, **tiny.machine_args())
+    with pytest.raises(StateError, match=f"running as pid {shared_machine.pid}"):
+        twin.start_vm()
+    assert shared_machine.run_dir.exists() and shared_machine.is_alive()
+    assert shared_machine.succeed("echo alive").strip() == "alive"

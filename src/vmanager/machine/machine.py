@@ -168,6 +168,11 @@ class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
         self.log.info("starting with %s", self.accel)
         run_dir = self.run_dir
         paths.private_dir(run_dir.parent)
+        other = launch.owner_pid(run_dir)
+        if other is not None:
+            raise StateError(f"machine {self.name!r} is already running as pid {other} "
+                             "(started elsewhere; Machine.attach() reaches it)",
+                             state=State.RUNNING, required=State.DEFINED)
         if run_dir.exists():
             shutil.rmtree(run_dir)
         paths.private_dir(run_dir)

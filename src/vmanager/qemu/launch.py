@@ -107,3 +107,20 @@ def wait_pid_gone(pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return not pid_alive(pid)
+
+
+def owner_pid(run_dir: Path) -> int | None:
+    """The pid of a live QEMU that owns ``run_dir`` (its pidfile), else None.
+
+    The pid counts only if that process's argv names ``run_dir``, so a pid the
+    kernel reused for another program is not mistaken for the machine.
+    """
+    try:
+        pid = int((run_dir / "qemu.pid").read_text().strip())
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+    except (OSError, ValueError):
+        return None
+    if str(run_dir).encode() in cmdline and pid_alive(pid):
+        return pid
+    return None
