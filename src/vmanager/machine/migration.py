@@ -1,0 +1,309 @@
+"""Live migration between Machines, and saving / restoring a machine's state to a file.
+
+The destination is a second QEMU started with ``-incoming defer``; it gets the
+stream with ``migrate-incoming`` over a unix socket in its run directory or TCP
+on 127.0.0.1, and a state file arrives as a file descriptor (``getfd`` +
+``fd:``), so no shell (``exec:``) is ever involved. The source is watched with
+``query-migrate``; when anything fails the destination is killed and the
+source, which QEMU resumes after a failed migration, keeps running.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vmanager.errors import ConfigError, HostError, NotFoundError, QemuError, QMPError, StateError
+from vmanager.machine.base import State
+from vmanager.machine.state import MigrationProgress, MigrationResult, ProgressCallback
+from vmanager.qemu import launch
+from vmanager.qemu.chardev import Shell
+
+if TYPE_CHECKING:
+    from vmanager.machine.storage import StorageMixin
+    from vmanager.storage import Harddrive
+
+TRANSPORTS = ("unix", "tcp")
+#: Default bandwidth cap: effectively none (QEMU's default, 128 MiB/s, slows big guests).
+DEFAULT_BANDWIDTH_MIB = 10240
+_POLL = 0.1
+
+
+def migrate(src: StorageMixin, dst: StorageMixin, *, transport: str,
+            progress: ProgressCallback | None, timeout: float, bandwidth_mib: int | None,
+            downtime_ms: int) -> MigrationResult:
+    """See :meth:`StorageMixin.migrate`."""
+    from vmanager.machine.storage import StorageMixin
+    if not isinstance(dst, StorageMixin):
+        raise ConfigError(f"migrate takes a Machine to migrate into, got {dst!r}")
+    if dst is src:
+        raise ConfigError(f"cannot migrate machine {src.name!r} into itself")
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
+    src._require_state(State.RUNNING, State.PAUSED, action="migrate")
+    if dst.state in (State.RUNNING, State.PAUSED):
+        raise StateError(f"target machine {dst.name!r} is {dst.state.value}; migrate needs a "
+                         "stopped Machine to start as the destination", state=dst.state,
+                         required=State.DEFINED)
+    shared = _hand_over_drives(src, dst)
+    dst._incoming = True
+    try:
+        dst.start_vm()
+    except BaseException:
+        _take_back_drives(src, shared)
+        raise
+    try:
+        _check_same_devices(src, dst)
+        for m in (src, dst):
+            m.qmp("migrate-set-capabilities",
+                  {"capabilities": [{"capability": "events", "state": True}]})
+        src.qmp("migrate-set-parameters",
+                {"max-bandwidth": (bandwidth_mib or DEFAULT_BANDWIDTH_MIB) << 20,
+                 "downtime-limit": downtime_ms})
+        if transport == "unix":
+            uri = f"unix:{dst.run_dir / 'migrate.sock'}"
+            dst.qmp("migrate-incoming", {"uri": uri})
+        else:
+            dst.qmp("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+            uri = _incoming_tcp_uri(dst)
+        src.log.info("migrating to %s over %s", dst.name, uri)
+        result = _run_outgoing(src, uri, progress=progress, timeout=timeout,
+                               peer=dst, target=dst.name)
+        _wait_incoming_done(dst, timeout=60.0)
+    except BaseException as exc:
+        tail = _log_tail(dst)
+        dst.kill()
+        _take_back_drives(src, shared)
+        if isinstance(exc, QMPError):
+            raise QemuError(f"migration of {src.name} to {dst.name} failed: "
+                            f"{exc.description}; {src.name} keeps running"
+                            + (f"\ndestination QEMU said:\n{tail}" if tail else "")) from exc
+        if isinstance(exc, QemuError) and tail:
+            raise QemuError(f"{exc}\ndestination QEMU said:\n{tail}") from exc
+        raise
+    _settle_destination(dst)
+    _finish_source(src)
+    return result
+
+
+def save(m: StorageMixin, path: Path, *, keep_running: bool,
+         progress: ProgressCallback | None, timeout: float) -> MigrationResult:
+    """See :meth:`StorageMixin.save_state`."""
+    monitor = m._require_monitor()
+    target = Path(os.path.abspath(path))
+    try:
+        fd, tmpname = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                       dir=target.parent)
+    except OSError as exc:
+        raise HostError(f"cannot write machine state to {target}: {exc.strerror} "
+                        f"(errno {exc.errno})") from exc
+    tmp = Path(tmpname)
+    fdname = f"vm-save-{os.getpid()}-{fd}"
+    was_running = m.state == State.RUNNING
+    try:
+        monitor.send_fd(fd, fdname)
+        m.qmp("migrate-set-capabilities",
+              {"capabilities": [{"capability": "events", "state": True}]})
+        m.qmp("migrate-set-parameters", {"max-bandwidth": DEFAULT_BANDWIDTH_MIB << 20})
+        try:
+            result = _run_outgoing(m, f"fd:{fdname}", progress=progress, timeout=timeout,
+                                   peer=None, target=str(target))
+        finally:
+            m._quiet("closefd", {"fdname": fdname})  # QEMU has usually taken it already
+        os.fsync(fd)
+        os.replace(tmp, target)
+    finally:
+        os.close(fd)
+        tmp.unlink(missing_ok=True)
+    m.log.info("saved state to %s (%d bytes)", target, target.stat().st_size)
+    if keep_running:
+        if was_running:
+            m.qmp("cont")
+    else:
+        _finish_source(m)
+    return result
+
+
+def restore(m: StorageMixin, path: Path, *, timeout: float) -> None:
+    """See :meth:`StorageMixin.restore_state`."""
+    source = Path(os.path.abspath(path))
+    if not source.is_file():
+        raise NotFoundError(f"machine state file {source} does not exist")
+    if m.state in (State.RUNNING, State.PAUSED):
+        raise StateError(f"machine {m.name!r} is {m.state.value}; restore_state starts a "
+                         "stopped machine", state=m.state, required=State.DEFINED)
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HostError(f"cannot read machine state {source}: {exc.strerror}") from exc
+    try:
+        m._incoming = True
+        m.start_vm()
+        try:
+            fdname = f"vm-restore-{os.getpid()}-{fd}"
+            m._require_monitor().send_fd(fd, fdname)
+            m.qmp("migrate-set-capabilities",
+                  {"capabilities": [{"capability": "events", "state": True}]})
+            m.qmp("migrate-incoming", {"uri": f"fd:{fdname}"})
+            _wait_incoming_done(m, timeout=timeout)
+        except BaseException as exc:
+            tail = _log_tail(m)
+            m.kill()
+            if isinstance(exc, QemuError):
+                raise QemuError(f"{m.name}: restoring state from {source} failed: {exc}"
+                                + (f"\nQEMU said:\n{tail}" if tail else "")) from exc
+            raise
+    finally:
+        os.close(fd)
+    _settle_destination(m)
+    m.log.info("restored state from %s", source)
+
+
+# -- helpers -----------------------------------------------------------------------------
+def _run_outgoing(m: StorageMixin, uri: str, *, progress: ProgressCallback | None,
+                  timeout: float, peer: StorageMixin | None, target: str) -> MigrationResult:
+    """Start ``migrate`` to ``uri`` and watch it; cancel it on timeout or error."""
+    m.qmp("migrate", {"uri": uri})
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            info = m.qmp("query-migrate")
+            status = str(info.get("status", "none"))
+            ram = info.get("ram") or {}
+            if progress is not None and ram:
+                progress(MigrationProgress(status=status,
+                                           transferred=int(ram.get("transferred", 0)),
+                                           remaining=int(ram.get("remaining", 0)),
+                                           total=int(ram.get("total", 0)),
+                                           dirty_rate=int(ram.get("dirty-pages-rate", 0))))
+            if status == "completed":
+                return MigrationResult(target=target, total_ms=int(info.get("total-time", 0)),
+                                       downtime_ms=info.get("downtime"),
+                                       transferred=int(ram.get("transferred", 0)))
+            if status in ("failed", "cancelled"):
+                why = info.get("error-desc", status)
+                raise QemuError(f"{m.name}: migration to {target} {status}: {why}; "
+                                f"{m.name} keeps running")
+            if peer is not None and not peer.is_alive():
+                raise QemuError(f"{m.name}: destination {peer.name} exited during migration; "
+                                f"{m.name} keeps running")
+            if time.monotonic() > deadline:
+                raise QemuError(f"{m.name}: migration to {target} did not finish within "
+                                f"{timeout} s (status {status}); cancelled, {m.name} keeps "
+                                "running")
+            time.sleep(_POLL)
+    except BaseException:
+        _cancel(m)
+        raise
+
+
+def _cancel(m: StorageMixin) -> None:
+    """Cancel an outgoing migration and wait until the source runs on its own again."""
+    m._quiet("migrate_cancel", {})
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            status = m.qmp("query-migrate").get("status")
+        except QemuError:
+            return
+        if status in ("cancelled", "failed", "completed", "none", None):
+            return
+        time.sleep(_POLL)
+
+
+def _incoming_tcp_uri(dst: StorageMixin) -> str:
+    """The port QEMU picked for ``tcp:127.0.0.1:0`` (``query-migrate`` socket-address)."""
+    for addr in dst.qmp("query-migrate").get("socket-address", []):
+        if addr.get("type") == "inet":
+            return f"tcp:127.0.0.1:{addr['port']}"
+    raise QemuError(f"{dst.name}: the incoming migration listener has no TCP address")
+
+
+def _wait_incoming_done(m: StorageMixin, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if not m.is_alive():
+            raise QemuError(f"{m.name}: QEMU exited while receiving the machine state")
+        status = str(m.qmp("query-status")["status"])
+        if status != "inmigrate":
+            if status in ("running", "paused", "postmigrate"):
+                return
+            raise QemuError(f"{m.name}: incoming migration ended in state {status}")
+        if time.monotonic() > deadline:
+            raise QemuError(f"{m.name}: incoming state did not arrive within {timeout} s")
+        time.sleep(_POLL)
+
+
+def _settle_destination(m: StorageMixin) -> None:
+    """The guest is already up: its shell will not greet again; track its run state."""
+    m._incoming = False
+    m._shell = Shell(m._shell_console, expect_hello=False)
+    m.state = State.PAUSED if m.qmp("query-status")["status"] == "paused" else State.RUNNING
+
+
+def _finish_source(m: StorageMixin) -> None:
+    """The guest lives elsewhere now: end the source QEMU without resuming it.
+
+    ``stop()`` would resume the guest to power it off, which must not happen
+    to a migrated source whose disks the destination now owns.
+    """
+    m._quiet("quit", {})
+    m.kill()
+
+
+def _device_map(m: StorageMixin) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for prop in m.qmp("qom-list", {"path": "/machine/peripheral"}):
+        kind = str(prop.get("type", ""))
+        if kind.startswith("child<"):
+            found[str(prop["name"])] = kind[6:-1]
+    return found
+
+
+def _memory_map(m: StorageMixin) -> dict[str, Any]:
+    summary = m.qmp("query-memory-size-summary")
+    return {"base-memory": summary.get("base-memory"),
+            "plugged-memory": summary.get("plugged-memory", 0)}
+
+
+def _check_same_devices(src: StorageMixin, dst: StorageMixin) -> None:
+    """Refuse before sending anything when the destination cannot take the guest."""
+    problems: list[str] = []
+    a, b = _device_map(src), _device_map(dst)
+    missing = sorted(f"{k} ({v})" for k, v in a.items() if k not in b)
+    extra = sorted(f"{k} ({v})" for k, v in b.items() if k not in a)
+    differ = sorted(f"{k} ({a[k]} vs {b[k]})" for k in a.keys() & b.keys() if a[k] != b[k])
+    if missing:
+        problems.append(f"{dst.name} lacks {', '.join(missing)}")
+    if extra:
+        problems.append(f"{dst.name} has extra {', '.join(extra)}")
+    if differ:
+        problems.append(f"devices differ: {', '.join(differ)}")
+    ma, mb = _memory_map(src), _memory_map(dst)
+    if ma != mb:
+        problems.append(f"memory differs: {src.name} {ma} vs {dst.name} {mb}")
+    if problems:
+        raise ConfigError(f"cannot migrate {src.name} to {dst.name}: " + "; ".join(problems)
+                          + f". {src.name} keeps running")
+
+
+def _hand_over_drives(src: StorageMixin, dst: StorageMixin) -> list[Harddrive]:
+    """Disks both machines name are shared storage: let the destination attach them."""
+    shared = [d for d in src._attached if any(d is e for e in dst.harddrives)]
+    for drive in shared:
+        drive.detach(src)
+        src._attached.remove(drive)
+    return shared
+
+
+def _take_back_drives(src: StorageMixin, shared: list[Harddrive]) -> None:
+    for drive in shared:
+        drive.attach(src)
+        src._attached.append(drive)
+
+
+def _log_tail(m: StorageMixin) -> str:
+    return launch.log_tail(m.run_dir / "qemu.log")
