@@ -1,0 +1,26 @@
+"""What every benchmark gets: the guest, repetitions, a scratch directory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmanager.guests import TinyGuest
+
+
+@dataclass
+class Context:
+    guest: TinyGuest
+    qemu: str
+    accel: str
+    work: Path
+    full: bool
+
+    def reps(self, quick: int, full: int) -> int:
+        return full if self.full else quick
+
+    def machine_args(self, name: str, **extra: Any) -> dict[str, Any]:
+        args = self.guest.machine_args(name)
+        args.update(extra)
+        return args
