@@ -1,15 +1,60 @@
-"""NICs of a Machine: its own network namespace and VirtualNics handed to QEMU."""
+"""NICs of a Machine: its own network namespace and VirtualNics handed to QEMU.
+
+At launch every NIC becomes ``-netdev tap,id=netN,fd=FD`` plus a
+``-device MODEL,netdev=netN,mac=...,id=nicN``. On a running machine NICs can be
+hot-plugged (:meth:`NetworkMixin.add_nic`), unplugged (:meth:`~NetworkMixin.del_nic`)
+and have their link cut in QEMU (:meth:`~NetworkMixin.nic_state`).
+
+Ownership: a VirtualNic this machine constructed (``nics=N``, ``add_nic()``
+without an argument) is closed by the machine when it is unplugged or the
+machine stops. A VirtualNic the caller passed in belongs to the caller, who
+closes it (the machine creates it first if it is still new).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from vmanager.errors import ConfigError
+from vmanager.errors import (
+    ConfigError,
+    GuestError,
+    NetworkError,
+    NotFoundError,
+    QemuError,
+    QMPError,
+    StateError,
+)
 from vmanager.machine.base import LaunchContext, MachineBase
 
 if TYPE_CHECKING:
     from vmanager.net import Namespace, VirtualNic
+
+#: The most NICs a machine takes at launch (hot-plugging is limited by free PCI slots).
+MAX_NICS = 32
+#: How long :meth:`NetworkMixin.del_nic` waits for the guest to release a device.
+UNPLUG_TIMEOUT = 30.0
+
+
+@dataclass
+class _Slot:
+    """One NIC as QEMU knows it."""
+
+    nic: VirtualNic
+    index: int       #: N of ``netN`` / ``nicN``
+    owned: bool      #: this machine created the VirtualNic and closes it
+    #: device_del was sent but the guest has not released the device yet
+    unplugging: bool = False
+
+    @property
+    def netdev(self) -> str:
+        return f"net{self.index}"
+
+    @property
+    def device(self) -> str:
+        return f"nic{self.index}"
 
 
 class NetworkMixin(MachineBase):
@@ -17,61 +62,307 @@ class NetworkMixin(MachineBase):
 
     nics: list[VirtualNic]
     _nic_count: int
-    _own_nics: list[VirtualNic]
+    _given_nics: list[VirtualNic]
+    _slots: list[_Slot]
+    _removed: set[int]
     _namespace: Namespace | None
 
     def _init_network(self, nics: int | Sequence[VirtualNic]) -> None:
-        self._own_nics = []
+        self._slots = []
+        self._removed = set()
         self._namespace = None
+        self._given_nics = []
         if isinstance(nics, bool):
             raise ConfigError(f"nics takes a count or a list of VirtualNic, got {nics!r}")
         if isinstance(nics, int):
-            if not 0 <= nics <= 32:
-                raise ConfigError(f"nics must be between 0 and 32, got {nics}")
+            if not 0 <= nics <= MAX_NICS:
+                raise ConfigError(f"nics must be between 0 and {MAX_NICS}, got {nics}")
             self._nic_count = nics
-            self.nics = []
         else:
             from vmanager.net import VirtualNic
             given = list(nics)
             for nic in given:
                 if not isinstance(nic, VirtualNic):
                     raise ConfigError(f"nics takes VirtualNic objects, got {nic!r}")
+            if len({id(n) for n in given}) != len(given):
+                raise ConfigError("nics lists the same VirtualNic twice")
+            if len(given) > MAX_NICS:
+                raise ConfigError(f"nics must list at most {MAX_NICS} VirtualNics")
             self._nic_count = 0
-            self.nics = given
+            self._given_nics = given
+        self.nics = list(self._given_nics)
 
     @property
     def namespace(self) -> str:
         """The name of the machine's own network namespace."""
         return self.name
 
+    # -- launch -------------------------------------------------------------------
     def _prepare_launch(self, ctx: LaunchContext) -> None:
         super()._prepare_launch(ctx)
-        if self._nic_count == 0 and not self.nics:
+        if self._nic_count == 0 and not self._given_nics:
             return
-        from vmanager.net import Namespace, VirtualNic, stable_mac
-        if self._nic_count and not self._own_nics:
-            ns = Namespace(self.namespace)
-            ns.create()
-            self._namespace = ns
+        from vmanager.net import Lifecycle, VirtualNic, stable_mac
+        # Anything built here is undone by _teardown() if the launch fails.
+        if self._nic_count:
+            self._ensure_namespace()
             for index in range(self._nic_count):
                 nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self.name, index))
-                self._own_nics.append(nic)
-            self.nics = list(self._own_nics)
-        for index, nic in enumerate(self.nics):
-            nic.create()
-            fd = nic.open_fd()
+                self._slots.append(_Slot(nic, index, owned=True))
+                nic.create()
+        else:
+            for index, nic in enumerate(self._given_nics):
+                self._slots.append(_Slot(nic, index, owned=False))
+                if nic.state is Lifecycle.NEW:
+                    nic.create()
+        self.nics = [slot.nic for slot in self._slots]
+        for slot in self._slots:
+            fd = slot.nic.open_fd()
             ctx.owned_fds.append(fd)
             ctx.pass_fds.append(fd)
-            ctx.add("-netdev", f"tap,id=net{index},fd={fd}",
-                    "-device", f"{nic.model},netdev=net{index},mac={nic.mac},id=nic{index}")
+            ctx.add(*slot.nic.qemu_args(fd, index=slot.index))
+
+    def _ensure_namespace(self) -> None:
+        """Create the machine's namespace unless it exists (then it is not ours to remove)."""
+        from vmanager.net import Namespace
+        from vmanager.net._netlink import netns_exists
+        if self._namespace is not None or netns_exists(self.namespace):
+            return
+        ns = Namespace(self.namespace)
+        ns.create()
+        self._namespace = ns
 
     def _teardown(self) -> None:
         try:
             super()._teardown()
         finally:
-            for nic in self._own_nics:
-                nic.close()
-            self._own_nics = []
-            if self._namespace is not None:
-                self._namespace.close()
-                self._namespace = None
+            failures: list[str] = []
+            for slot in reversed(self._slots):
+                if slot.owned:
+                    try:
+                        slot.nic.close()
+                    except NetworkError as exc:
+                        failures.append(str(exc))
+            self._slots = []
+            self._removed = set()
+            self.nics = list(self._given_nics)
+            ns, self._namespace = self._namespace, None
+            if ns is not None:
+                try:
+                    ns.close()
+                except NetworkError as exc:
+                    failures.append(str(exc))
+            if failures:
+                raise NetworkError(f"machine {self.name!r}: removing its NICs left "
+                                   "something behind:\n" + "\n".join(failures))
+
+    # -- looking NICs up ----------------------------------------------------------
+    def _slot(self, nic: VirtualNic | int | str) -> _Slot:
+        """The slot of a NIC given as a VirtualNic, an index into ``nics`` or an id.
+
+        An id is QEMU's device id (``"nic1"``) or the VirtualNic's name.
+        """
+        from vmanager.net import VirtualNic
+        if isinstance(nic, bool):
+            raise ConfigError(f"expected a VirtualNic, an index or an id, got {nic!r}")
+        if isinstance(nic, int):
+            if not -len(self._slots) <= nic < len(self._slots):
+                raise NotFoundError(f"machine {self.name!r} has no NIC at index {nic} "
+                                    f"(it has {len(self._slots)})")
+            return self._slots[nic]
+        if isinstance(nic, VirtualNic):
+            for slot in self._slots:
+                if slot.nic is nic:
+                    return slot
+            if id(nic) in self._removed:
+                raise StateError(f"{nic!r} was already removed from machine {self.name!r}",
+                                 state="removed", required="attached")
+            raise NotFoundError(f"{nic!r} is not a NIC of machine {self.name!r}")
+        if isinstance(nic, str):
+            for slot in self._slots:
+                if nic in (slot.device, slot.nic.name):
+                    return slot
+            known = ", ".join(f"{s.device} ({s.nic.name})" for s in self._slots) or "none"
+            raise NotFoundError(f"machine {self.name!r} has no NIC {nic!r}; it has: {known}")
+        raise ConfigError(f"expected a VirtualNic, an index or an id, got {nic!r}")
+
+    def nic_id(self, nic: VirtualNic | int | str) -> str:
+        """QEMU's device id of ``nic`` (``"nic0"``...), as used by QMP.
+
+        Raises:
+            NotFoundError: no such NIC on this machine.
+        """
+        return self._slot(nic).device
+
+    # -- live changes -------------------------------------------------------------
+    def add_nic(self, nic: VirtualNic | None = None, *,
+                model: str = "virtio-net-pci", timeout: float = 30.0) -> VirtualNic:
+        """Hot-plug a NIC into the running machine; the guest sees a new interface.
+
+        Without ``nic`` a VirtualNic is made in the machine's namespace (created
+        now if the machine had none) with the next stable MAC
+        (:func:`~vmanager.net.stable_mac` of the machine name and the first free
+        index), and closed by the machine when unplugged or at stop. A given
+        ``nic`` is created first if it is still new (then the machine closes it);
+        ``model`` only applies to a NIC made here. Connect ``nic.port`` to a
+        Switch to give it a network.
+
+        >>> nic = m.add_nic()          # doctest: +SKIP
+        >>> sw.connect(nic)            # doctest: +SKIP
+
+        Raises:
+            StateError: the machine is not running, or ``nic`` is closed.
+            ConfigError: ``nic`` is attached already or its MAC is in use here.
+            NetworkError, HostError: the VirtualNic could not be built.
+            QMPError: QEMU refused (e.g. no free PCI slot); nothing is left behind.
+        """
+        from vmanager.net import Lifecycle, VirtualNic, stable_mac
+        monitor = self._require_monitor()
+        if nic is not None and not isinstance(nic, VirtualNic):
+            raise ConfigError(f"add_nic takes a VirtualNic or nothing, got {nic!r}")
+        if nic is not None and any(s.nic is nic for s in self._slots):
+            raise ConfigError(f"{nic!r} is already a NIC of machine {self.name!r}")
+        used = {s.index for s in self._slots}
+        macs = {s.nic.mac for s in self._slots}
+        index = next(i for i in range(len(used) + 1) if i not in used)
+        created_ns = False
+        if nic is None:
+            while stable_mac(self.name, index) in macs or index in used:
+                index += 1
+            created_ns = self._namespace is None
+            self._ensure_namespace()
+            created_ns = created_ns and self._namespace is not None
+            nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self.name, index),
+                             model=model)
+            owned = True
+        else:
+            if nic.mac in macs:
+                raise ConfigError(f"MAC {nic.mac} of {nic!r} is already used by a NIC of "
+                                  f"machine {self.name!r}")
+            if nic.state is Lifecycle.CLOSED:
+                raise StateError(f"cannot hot-plug {nic!r}: it is closed",
+                                 state=nic.state, required=Lifecycle.CREATED)
+            owned = False
+        slot = _Slot(nic, index, owned=owned)
+        fdname = f"vmanager-{slot.netdev}"
+        stage = "start"
+        try:
+            if nic.state is Lifecycle.NEW:
+                nic.create()
+            fd = nic.open_fd()
+            try:
+                monitor.send_fd(fd, fdname)
+            finally:
+                os.close(fd)  # QEMU holds its own copy now
+            stage = "fd sent"
+            self.qmp("netdev_add", {"type": "tap", "id": slot.netdev, "fd": fdname},
+                     timeout=timeout)
+            stage = "netdev added"  # netdev_add consumed the named fd
+            self.qmp("device_add", {"driver": nic.model, "id": slot.device,
+                                    "netdev": slot.netdev, "mac": nic.mac}, timeout=timeout)
+        except BaseException:
+            if stage == "netdev added":
+                self._quietly("netdev_del", {"id": slot.netdev})
+            elif stage == "fd sent":
+                self._quietly("closefd", {"fdname": fdname})
+            if owned:
+                self._quietly_close(nic)
+            if created_ns:
+                self._drop_namespace()
+            raise
+        self._slots.append(slot)
+        self._removed.discard(id(nic))
+        self.nics.append(nic)
+        self.log.info("hot-plugged %s (%s, %s)", slot.device, nic.name, nic.mac)
+        return nic
+
+    def del_nic(self, nic: VirtualNic | int | str, *,
+                timeout: float = UNPLUG_TIMEOUT) -> None:
+        """Unplug a NIC from the running machine and wait until the guest released it.
+
+        Sends ``device_del``, waits for QEMU's ``DEVICE_DELETED`` (the guest must
+        acknowledge the ACPI unplug), removes the backend (``netdev_del``) and
+        closes the VirtualNic if the machine made it. ``nic`` is a VirtualNic, an
+        index into :attr:`nics` or an id (``"nic1"`` or the VirtualNic's name).
+
+        Raises:
+            StateError: the machine is not running, or the NIC was already removed.
+            NotFoundError: no such NIC on this machine.
+            GuestError: the guest did not release the device within ``timeout``
+                seconds (the NIC stays listed; calling again waits again).
+            QMPError: QEMU refused.
+        """
+        monitor = self._require_monitor()
+        slot = self._slot(nic)
+        mark = monitor.event_mark()
+        # absent already when a previous call timed out just before the guest let go
+        if self._device_present(slot.device):
+            try:
+                self.qmp("device_del", {"id": slot.device}, timeout=timeout)
+            except QMPError as exc:
+                # QEMU 7 refuses a second device_del while the first is pending
+                if not slot.unplugging:
+                    raise
+                self.log.debug("device_del %s again: %s", slot.device, exc)
+            slot.unplugging = True
+            try:
+                monitor.wait_event(
+                    "DEVICE_DELETED", timeout=timeout, since=mark,
+                    match=lambda ev: ev.get("data", {}).get("device") == slot.device)
+            except QemuError as exc:
+                if self._device_present(slot.device):
+                    raise GuestError(
+                        f"machine {self.name!r}: the guest did not release {slot.device} "
+                        f"({slot.nic.name}) within {timeout} s; does it handle ACPI PCI "
+                        "hot-unplug? Call del_nic() again to keep waiting") from exc
+        self.qmp("netdev_del", {"id": slot.netdev}, timeout=timeout)
+        self._slots.remove(slot)
+        self.nics = [n for n in self.nics if n is not slot.nic]
+        self._removed.add(id(slot.nic))
+        self.log.info("unplugged %s (%s)", slot.device, slot.nic.name)
+        if slot.owned:
+            slot.nic.close()
+
+    def nic_state(self, nic: VirtualNic | int | str, up: bool) -> None:
+        """Turn the NIC's link on or off inside QEMU (``set_link``).
+
+        The guest sees carrier come and go; host links are not touched (use
+        ``vmanager.interfaces[name].down()`` for those).
+
+        Raises:
+            StateError: the machine is not running.
+            NotFoundError: no such NIC on this machine.
+            QMPError: QEMU refused.
+        """
+        self._require_monitor()
+        if not isinstance(up, bool):
+            raise ConfigError(f"nic_state takes up=True or False, got {up!r}")
+        slot = self._slot(nic)
+        self.qmp("set_link", {"name": slot.device, "up": up})
+        self.log.info("link of %s %s", slot.device, "up" if up else "down")
+
+    # -- helpers ------------------------------------------------------------------
+    def _device_present(self, device: str) -> bool:
+        try:
+            self.qmp("qom-get", {"path": f"/machine/peripheral/{device}", "property": "type"})
+        except QMPError:
+            return False
+        return True
+
+    def _quietly(self, command: str, args: dict[str, Any]) -> None:
+        """A rollback QMP call whose failure must not hide the original error."""
+        try:
+            self.qmp(command, args, timeout=10)
+        except QemuError as exc:
+            self.log.warning("rollback %s %s failed: %s", command, args, exc)
+
+    def _quietly_close(self, nic: VirtualNic) -> None:
+        try:
+            nic.close()
+        except NetworkError as exc:
+            self.log.warning("rollback: closing %r failed: %s", nic, exc)
+
+    def _drop_namespace(self) -> None:
+        ns, self._namespace = self._namespace, None
+        if ns is not None:
+            ns.close()
