@@ -20,7 +20,7 @@ import pytest
 from pyroute2 import IPRoute
 from pyroute2 import netns as pyroute2_netns
 
-from vmanager.net import Namespace
+from vmanager.net import Namespace, sys_command
 
 if os.geteuid() != 0:
     pytest.skip("the networking tests need root (netlink, namespaces)", allow_module_level=True)
@@ -37,6 +37,18 @@ _TAG = f"{os.getpid() % 1000:03d}"
 def _links() -> set[str]:
     with IPRoute() as ipr:
         return {str(m.get_attr("IFLA_IFNAME")) for m in ipr.link("dump")}
+
+
+def _nft_tables() -> set[str]:
+    result = sys_command(["nft", "list", "tables"], check=False)
+    return {line.strip() for line in result.stdout.splitlines() if line.startswith("table ")}
+
+
+def _shared(names: set[str]) -> set[str]:
+    """On a shared host (``VMANAGER_TEST_SHARED_HOST=1``) only this session's names count."""
+    if os.environ.get("VMANAGER_TEST_SHARED_HOST"):
+        return {n for n in names if _TAG in n}
+    return names
 
 
 def _children() -> set[int]:
@@ -68,12 +80,13 @@ def _run_dir() -> Iterator[Path]:
 
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
-    """Fail the test if it leaves a namespace, link, child process or file behind."""
+    """Fail the test if it leaves a namespace, link, nft table, child process or file."""
     ns_before, links_before = set(pyroute2_netns.listnetns()), _links()
-    procs_before, files_before = _children(), _files()
+    procs_before, files_before, nft_before = _children(), _files(), _nft_tables()
     yield
-    leaked_ns = set(pyroute2_netns.listnetns()) - ns_before
-    leaked_links = _links() - links_before
+    leaked_ns = _shared(set(pyroute2_netns.listnetns()) - ns_before)
+    leaked_links = _shared(_links() - links_before)
+    leaked_nft = _shared(_nft_tables() - nft_before)
     leaked_procs = _children() - procs_before
     leaked_files = _files() - files_before
     for ns in leaked_ns:
@@ -86,7 +99,10 @@ def no_leaks() -> Iterator[None]:
     for pid in leaked_procs:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+    for table in leaked_nft:
+        sys_command(["nft", "delete", *table.split()], check=False)
     found: dict[str, object] = {"namespaces": leaked_ns, "links": leaked_links,
+                                "nft tables": leaked_nft,
                                 "processes": leaked_procs, "files": leaked_files}
     problems = {k: v for k, v in found.items() if v}
     if problems:

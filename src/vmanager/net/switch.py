@@ -1,12 +1,23 @@
-"""Virtual switches: Linux bridges, optionally VLAN-aware."""
+"""Virtual switches: Linux bridges, optionally VLAN-aware.
+
+VLANs use the kernel's bridge VLAN filtering where the kernel has it
+(``CONFIG_BRIDGE_VLAN_FILTERING``, detected when the switch is created). Where it
+does not, access ports still work: an nftables table of the ``bridge`` family,
+one per switch, lets a frame go from one port to another only when both are
+access ports of the same VLAN (ports connected without a VLAN are in VLAN 1,
+the bridge default, as is the bridge device itself). Trunk ports need the
+kernel feature.
+"""
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import Iterable
+import re
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -23,10 +34,13 @@ from vmanager.net._netlink import (
 )
 from vmanager.net._port import PortLike, port_ifname
 from vmanager.net._resource import Resource, UndoStack
+from vmanager.net.host import sys_command
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VLAN = 1
+VlanBackend = Literal["kernel", "nftables"]
+NFT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -66,10 +80,17 @@ class Switch(Resource):
 
     STP is off and the forward delay is 0, so ports forward at once.
 
+    On a kernel without bridge VLAN filtering the switch enforces access VLANs
+    with an nftables table of its own (:attr:`nft_table`, see the module doc;
+    :attr:`vlan_backend` says which is in use) and refuses trunk ports. Ports
+    enslaved to the bridge behind the switch's back are in no VLAN there.
+
     Raises:
         ConfigError: bad name or VLAN, the name exists, a port is already connected.
         NotFoundError: a port does not exist.
-        HostError: VLAN filtering requested on a kernel built without it.
+        HostError: VLAN filtering requested, and neither the kernel's bridge VLAN
+            filtering nor nftables' bridge family is available.
+        NetworkError: a trunk port on a kernel without bridge VLAN filtering.
         LinkError: the kernel refused a request.
     """
 
@@ -79,6 +100,9 @@ class Switch(Resource):
         super().__init__()
         self.name = validate.ifname(name, what="switch name")
         self.vlan_filtering = bool(vlan_filtering)
+        #: how VLANs are enforced once created: ``"kernel"`` (bridge VLAN filtering)
+        #: or ``"nftables"`` (access ports only); ``None`` without vlan_filtering
+        self.vlan_backend: VlanBackend | None = None
         self._ports: dict[str, SwitchPort] = {}
 
     def __repr__(self) -> str:
@@ -104,25 +128,115 @@ class Switch(Resource):
                 ipr.link("add", ifname=self.name, kind="bridge", br_stp_state=0,
                          br_forward_delay=0)
             undo.push(f"delete bridge {self.name}", lambda: delete_link(self.name, None))
-            undo.push(f"disconnect ports of {self.name}", self._disconnect_all)
             index = require(ipr, self.name, None)
             if self.vlan_filtering:
-                try:
-                    ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
-                except NetlinkError as exc:
-                    if exc.code in (errno.EOPNOTSUPP, errno.EINVAL):
-                        raise HostError(f"cannot make switch {self.name!r} VLAN-aware: "
-                                        "this kernel has no bridge VLAN filtering "
-                                        "(CONFIG_BRIDGE_VLAN_FILTERING)") from exc
-                    raise
-                msg = ipr.link("get", index=index)[0]
-                data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
-                if data is None or not data.get_attr("IFLA_BR_VLAN_FILTERING"):
-                    raise HostError(f"cannot make switch {self.name!r} VLAN-aware: the "
-                                    "kernel ignored vlan_filtering (no "
-                                    "CONFIG_BRIDGE_VLAN_FILTERING)")
+                missing = self._kernel_vlan_filtering(ipr, index)
+                if missing is None:
+                    self.vlan_backend = "kernel"
+                else:
+                    self._create_nft_table(missing, undo)
+                    self.vlan_backend = "nftables"
+            # pushed last so it runs first: ports leave before their VLAN rules go
+            undo.push(f"disconnect ports of {self.name}", self._disconnect_all)
             with kernel_call("set up", self.name, None):
                 ipr.link("set", index=index, state="up")
+
+    def _kernel_vlan_filtering(self, ipr: Any, index: int) -> str | None:
+        """Turn on the bridge's VLAN filtering: ``None`` when it works, else why not."""
+        try:
+            ipr.link("set", index=index, kind="bridge", br_vlan_filtering=1)
+        except NetlinkError as exc:
+            if exc.code not in (errno.EOPNOTSUPP, errno.EINVAL):
+                with kernel_call("turn on VLAN filtering of", self.name, None):
+                    raise
+            return ("this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING; "
+                    f"it answered {errno.errorcode.get(exc.code, exc.code)})")
+        msg = ipr.link("get", index=index)[0]
+        data = msg.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+        if data is None or not data.get_attr("IFLA_BR_VLAN_FILTERING"):
+            return ("this kernel ignored vlan_filtering (no bridge VLAN filtering, "
+                    "CONFIG_BRIDGE_VLAN_FILTERING)")
+        return None
+
+    # -- the nftables fallback for kernels without bridge VLAN filtering ------------
+    @property
+    def nft_table(self) -> str:
+        """This switch's table in nftables' ``bridge`` family (used by the fallback)."""
+        safe = re.sub(r"[^A-Za-z0-9_]", "_", self.name)
+        if safe != self.name:  # keep "a-b" and "a.b" apart
+            safe += f"_{zlib.crc32(self.name.encode()):08x}"
+        return f"vmanager_sw_{safe}"
+
+    def _create_nft_table(self, missing: str, undo: UndoStack) -> None:
+        log.info("switch %s: %s; enforcing access VLANs with nftables table bridge %s",
+                 self.name, missing, self.nft_table)
+        try:
+            self._load_nft({})
+        except HostError as exc:
+            try:
+                self._delete_nft_table()
+            except HostError as cleanup:
+                log.warning("switch %s: removing a half-made nft table: %s", self.name, cleanup)
+            raise HostError(f"cannot make switch {self.name!r} VLAN-aware: {missing}, and "
+                            "the nftables fallback failed (it needs nft and the kernel's "
+                            f"CONFIG_NF_TABLES_BRIDGE): {exc}") from exc
+        undo.push(f"delete nft table bridge {self.nft_table}", self._delete_nft_table)
+
+    def _nft_ruleset(self, ports: Mapping[str, SwitchPort]) -> str:
+        """The whole table for ``ports``; loading it replaces the old rules atomically.
+
+        ``forward`` sends every frame from or to one of our ports through
+        ``isolate``, which accepts it only between two ports of the same VLAN.
+        ``input``/``output`` keep the bridge device itself (the host) in VLAN 1.
+        Matching is by port name: this kernel may lack ``meta ibrname``.
+        """
+        table = self.nft_table
+        members: dict[int, list[str]] = {}
+        for port in ports.values():
+            members.setdefault(port.vlan or DEFAULT_VLAN, []).append(port.ifname)
+
+        def names(ifnames: Iterable[str]) -> str:
+            return "{ " + ", ".join(f'"{n}"' for n in sorted(ifnames)) + " }"
+
+        forward: list[str] = []
+        isolate: list[str] = []
+        local_in: list[str] = []
+        local_out: list[str] = []
+        if ports:
+            forward = [f"iifname {names(ports)} jump isolate",
+                       f"oifname {names(ports)} jump isolate"]
+            isolate = [f"iifname {names(m)} oifname {names(m)} accept"
+                       for _vid, m in sorted(members.items())] + ["drop"]
+        others = [n for vid, m in members.items() if vid != DEFAULT_VLAN for n in m]
+        if others:
+            local_in = [f"iifname {names(others)} drop"]
+            local_out = [f"oifname {names(others)} drop"]
+
+        def chain(name: str, head: str, rules: list[str]) -> list[str]:
+            return [f"  chain {name} {{", *(f"    {r}" for r in [head] if head),
+                    *(f"    {r}" for r in rules), "  }"]
+
+        def hook(name: str) -> str:
+            return f"type filter hook {name} priority filter; policy accept;"
+
+        # declare (idempotent), flush, then fill: one nft transaction
+        lines = [f"table bridge {table} {{",
+                 *chain("forward", hook("forward"), []), *chain("isolate", "", []),
+                 *chain("input", hook("input"), []), *chain("output", hook("output"), []),
+                 "}", f"flush table bridge {table}", f"table bridge {table} {{",
+                 *chain("forward", "", forward), *chain("isolate", "", isolate),
+                 *chain("input", "", local_in), *chain("output", "", local_out), "}"]
+        return "\n".join(lines) + "\n"
+
+    def _load_nft(self, ports: Mapping[str, SwitchPort]) -> None:
+        sys_command(["nft", "-f", "-"], input=self._nft_ruleset(ports), timeout=NFT_TIMEOUT)
+
+    def _delete_nft_table(self) -> None:
+        listed = sys_command(["nft", "list", "tables", "bridge"], timeout=NFT_TIMEOUT,
+                             check=False)
+        if f"table bridge {self.nft_table}" in listed.stdout.splitlines():
+            sys_command(["nft", "delete", "table", "bridge", self.nft_table],
+                        timeout=NFT_TIMEOUT)
 
     def connect(self, port: PortLike, *, vlan: int | None = None,
                 vlans: Iterable[int] | None = None) -> SwitchPort:
@@ -146,6 +260,11 @@ class Switch(Resource):
                               f"cannot connect {ifname!r} with VLANs")
         if access is not None and access in tagged:
             raise ConfigError(f"VLAN {access} cannot be both untagged and tagged on {ifname!r}")
+        if tagged and self.vlan_backend == "nftables":
+            raise NetworkError(f"cannot make {ifname!r} a trunk port of switch {self.name!r}: "
+                               "tagged VLANs need the kernel's bridge VLAN filtering "
+                               "(CONFIG_BRIDGE_VLAN_FILTERING), which this kernel lacks; "
+                               "only access ports (vlan=) work here")
         if ifname in self._ports:
             raise ConfigError(f"{ifname!r} is already connected to switch {self.name!r}")
         if ifname == self.name:
@@ -161,8 +280,10 @@ class Switch(Resource):
             with kernel_call(f"connect to switch {self.name}", ifname, None):
                 ipr.link("set", index=index, master=bridge)
             try:
-                if self.vlan_filtering:
+                if self.vlan_backend == "kernel":
                     self._apply_vlans(ipr, index, config)
+                elif self.vlan_backend == "nftables":
+                    self._load_nft({**self._ports, ifname: config})
                 with kernel_call("set up", ifname, None):
                     ipr.link("set", index=index, state="up")
             except BaseException:
@@ -199,6 +320,8 @@ class Switch(Resource):
             raise ConfigError(f"{ifname!r} is not connected to switch {self.name!r}")
         del self._ports[ifname]
         self._release(ifname)
+        if self.vlan_backend == "nftables":
+            self._load_nft(self._ports)
         log.info("switch %s: disconnected %s", self.name, ifname)
 
     def _release(self, ifname: str) -> None:
