@@ -16,6 +16,7 @@ class Context:
     accel: str
     work: Path
     full: bool
+    libvirt: bool = False
 
     def reps(self, quick: int, full: int) -> int:
         return full if self.full else quick

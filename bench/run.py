@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="results file (default bench/results/<time>.json)")
     parser.add_argument("--only", nargs="+", metavar="NAME",
                         help="run only these benchmarks: " + ", ".join(_benchmarks()))
+    parser.add_argument("--libvirt", action="store_true",
+                        help="include the libvirt row in quick mode (adds about a minute)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     guest = vmanager.tiny_guest()
     machine["guest_kernel"] = guest.kernel_version
     work = Path(tempfile.mkdtemp(prefix="vmanager-bench-"))
-    ctx = Context(guest=guest, qemu=qemu, accel=accel, work=work, full=args.full)
+    ctx = Context(guest=guest, qemu=qemu, accel=accel, work=work, full=args.full,
+                  libvirt=args.libvirt)
     rows: list[Row] = []
     started = time.monotonic()
     try:
