@@ -44,4 +44,24 @@ def forget(resource: Any) -> None:
     """Let a net object go without removing what it made (it now belongs to a record)."""
     if isinstance(resource, Resource):
         resource._state = Lifecycle.CLOSED
+        for _what, step in resource._undo._steps:
+            owner = getattr(step, "__self__", None)
+            if owner is not None and owner is not resource:
+                forget(owner)  # e.g. the namespace a NAT router made
         resource._undo = type(resource._undo)()
+
+
+def adopt_switch(name: str, *, vlan_filtering: bool = False) -> Any:
+    """A :class:`~vmanager.net.Switch` object for a bridge made earlier (maybe elsewhere).
+
+    Ports can be connected to it; closing it removes nothing.
+    """
+    from vmanager.net import Switch
+    from vmanager.net._resource import UndoStack
+    sw = Switch(name, vlan_filtering=vlan_filtering)
+    if not link_exists(name):
+        from vmanager.errors import NotFoundError
+        raise NotFoundError(f"switch {name!r} does not exist")
+    sw._state = Lifecycle.CREATED
+    sw._undo = UndoStack()
+    return sw

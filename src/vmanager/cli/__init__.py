@@ -1,0 +1,1 @@
+"""The ``vmanager`` command: a thin shell over the library (see :mod:`vmanager.cli.main`)."""

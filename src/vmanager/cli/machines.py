@@ -1,0 +1,424 @@
+"""Machine commands: define, start, stop, console, exec, screenshots, snapshots..."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from vmanager import state
+from vmanager.cli._output import Progress, emit_json, table
+from vmanager.errors import ConfigError, StateError
+from vmanager.state import PersistentMachine, records
+
+#: Ctrl-] leaves ``vmanager console``, as in telnet and virsh.
+ESCAPE = b"\x1d"
+
+
+@contextlib.contextmanager
+def attached(name: str, timeout: float) -> Iterator[PersistentMachine]:
+    """Attach for the duration of a command, then let go (the machine runs on)."""
+    machine = state.attach(name, timeout=timeout)
+    try:
+        yield machine
+    finally:
+        if machine.is_alive():
+            state.detach(machine)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = state.statuses()
+    if args.json:
+        emit_json([s.to_json() for s in rows])
+        return 0
+    if not rows:
+        print("no machines")
+        return 0
+    table(["name", "state", "pid", "accel", "lab", "detail"],
+          [[s.name, s.state, s.pid, s.record.runtime.accel if s.record.runtime else None,
+            s.record.lab, s.detail] for s in rows])
+    return 0
+
+
+def _parse_disk(text: str) -> dict[str, Any]:
+    path, _, size = text.partition(":")
+    if not path:
+        raise ConfigError(f"--disk {text!r}: give PATH or PATH:SIZE")
+    disk: dict[str, Any] = {"path": str(Path(path).resolve()), "format": "qcow2",
+                            "interface": "virtio"}
+    if size:
+        disk["size"] = size
+    return disk
+
+
+def cmd_define(args: argparse.Namespace) -> int:
+    definition: dict[str, Any] = {
+        "memory": args.memory, "cpus": args.cpus, "accel": args.accel, "nics": args.nics,
+        "disks": [_parse_disk(d) for d in args.disk],
+        "cd": str(Path(args.cd).resolve()) if args.cd else None,
+    }
+    if args.guest:
+        definition["guest"] = args.guest
+    elif args.kernel:
+        definition.update(kernel=str(Path(args.kernel).resolve()),
+                          initrd=str(Path(args.initrd).resolve()) if args.initrd else None,
+                          append=args.append)
+    elif not definition["disks"] and not definition["cd"]:
+        raise ConfigError("nothing to boot: give --guest tiny, --kernel, --disk or --cd")
+    record = records.MachineRecord(args.name, definition=definition, persistent=True)
+    # build once without starting: validates names, sizes and files now
+    state.build_machine(record, for_attach=True)
+    with state.locked("machine", args.name):
+        existing = records.find(args.name)
+        if existing is not None and not args.force:
+            raise StateError(f"machine {args.name!r} is already defined (--force replaces "
+                             "its definition)", state="defined")
+        if existing is not None:
+            if existing.lab is not None:
+                raise StateError(f"machine {args.name!r} belongs to lab {existing.lab!r}")
+            record = replace(record, runtime=existing.runtime)
+        records.save(record)
+    _say(args, {"name": args.name, "defined": True}, f"defined {args.name}")
+    return 0
+
+
+def cmd_undefine(args: argparse.Namespace) -> int:
+    with state.locked("machine", args.name):
+        record = records.load(args.name)
+        if record.lab is not None:
+            raise StateError(f"machine {args.name!r} belongs to lab {record.lab!r}; "
+                             "'vmanager down' removes it")
+        if records.liveness(record) is not None:
+            raise StateError(f"machine {args.name!r} has a runtime record; stop it (or "
+                             "'vmanager clean' a stale one) first", state="running")
+        records.delete(args.name)
+    _say(args, {"name": args.name, "undefined": True}, f"undefined {args.name}")
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    record = records.load(args.name)
+    progress = Progress(quiet=args.json or args.quiet)
+    if record.lab is not None:
+        from vmanager.lab import runner
+        with progress.step(f"starting {args.name} (lab {record.lab})"):
+            machine = runner.start_lab_machine(record)
+    else:
+        machine = state.build_machine(record)
+        with progress.step(f"starting {args.name}"):
+            machine.start_vm(timeout=args.timeout)
+    try:
+        boot = None
+        if args.wait_ready:
+            with progress.step(f"waiting for {args.name}'s shell"):
+                boot = machine.wait_ready(timeout=args.timeout)
+        info = {"name": args.name, "pid": machine.pid, "accel": machine.accel,
+                "ready_after": round(boot, 2) if boot is not None else None}
+    except BaseException:
+        machine.kill()
+        raise
+    state.detach(machine)
+    _say(args, info, f"{args.name} running (pid {info['pid']}, {info['accel']})")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    machine = state.attach(args.name, timeout=args.timeout)
+    progress = Progress(quiet=args.json or args.quiet)
+    with progress.step(f"stopping {args.name}"):
+        if args.command == "kill":
+            machine.kill()
+        else:
+            machine.stop(timeout=args.timeout)
+    _say(args, {"name": args.name, "stopped": True}, f"{args.name} stopped")
+    return 0
+
+
+def cmd_freeze(args: argparse.Namespace) -> int:
+    with attached(args.name, args.timeout) as m:
+        if args.command == "freeze":
+            m.freeze()
+        else:
+            m.unfreeze()
+        st = m.status()
+    _say(args, {"name": args.name, "status": st}, f"{args.name}: {st}")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    st = records.clear_stale(args.name)
+    _say(args, {"name": args.name, "cleaned": True, "was": st.detail},
+         f"{args.name}: removed the stale runtime record ({st.detail or 'not started'})")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    command = " ".join(args.cmd)
+    with attached(args.name, args.timeout) as m:
+        result = m.execute(command, timeout=args.timeout)
+    if args.json:
+        emit_json({"status": result.status, "stdout": result.stdout, "stderr": result.stderr})
+    else:
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+    return result.status
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    with attached(args.name, args.timeout) as m:
+        if args.qmp:
+            import json
+            arguments = json.loads(args.arguments) if args.arguments else None
+            out: Any = m.qmp(args.cmd[0], arguments, timeout=args.timeout)
+            emit_json(out)
+            return 0
+        text = m.monitor(" ".join(args.cmd), timeout=args.timeout)
+    if args.json:
+        emit_json({"output": text})
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_screenshot(args: argparse.Namespace) -> int:
+    path = Path(args.file).resolve()
+    with attached(args.name, args.timeout) as m:
+        shot = getattr(m, "screenshot", None)
+        if shot is not None:
+            shot(path)
+        else:
+            fmt = "png" if path.suffix.lower() == ".png" else "ppm"
+            m.qmp("screendump", {"filename": str(path), "format": fmt})
+    _say(args, {"name": args.name, "file": str(path)}, f"saved {path}")
+    return 0
+
+
+def cmd_send_key(args: argparse.Namespace) -> int:
+    with attached(args.name, args.timeout) as m:
+        for combo in args.keys:
+            m.send_key(combo)
+    _say(args, {"name": args.name, "keys": args.keys}, f"sent {' '.join(args.keys)}")
+    return 0
+
+
+def cmd_type(args: argparse.Namespace) -> int:
+    text = args.text.encode().decode("unicode_escape") if args.escapes else args.text
+    with attached(args.name, args.timeout) as m:
+        typer = getattr(m, "type_text", None)
+        if typer is None:
+            raise StateError("typing text needs the screen package's type_text(), "
+                             "which this build lacks")
+        typer(text)
+    _say(args, {"name": args.name, "typed": len(text)}, f"typed {len(text)} characters")
+    return 0
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    with attached(args.name, args.timeout) as m:
+        action = args.action
+        if action == "list":
+            lister = getattr(m, "snapshots", None)
+            if callable(lister):
+                snaps = [str(getattr(s, "name", s)) for s in lister()]
+            else:
+                snaps = _parse_info_snapshots(m.monitor("info snapshots"))
+            if args.json:
+                emit_json(snaps)
+            else:
+                print("\n".join(snaps) if snaps else "no snapshots")
+            return 0
+        if not args.snap:
+            raise ConfigError(f"snapshot {action} needs a snapshot name")
+        method = {"save": "snapshot", "load": "load_snapshot",
+                  "delete": "delete_snapshot"}[action]
+        call = getattr(m, method, None)
+        if callable(call):
+            call(args.snap)
+        else:
+            hmp = {"save": "savevm", "load": "loadvm", "delete": "delvm"}[action]
+            out = m.monitor(f"{hmp} {args.snap}").strip()
+            if out:
+                raise StateError(f"{hmp} {args.snap}: {out}")
+    _say(args, {"name": args.name, "action": action, "snapshot": args.snap},
+         f"{args.name}: {action} {args.snap}")
+    return 0
+
+
+def _parse_info_snapshots(text: str) -> list[str]:
+    names = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and re.fullmatch(r"\d+|--", fields[0]) and fields[1] != "TAG":
+            names.append(fields[1])
+    return names
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    with attached(args.name, args.timeout) as m:
+        if args.dump:
+            sys.stdout.write(m.console.read())
+            return 0
+        if sys.stdin.isatty() and not args.batch:
+            return _interactive(m)
+        return _batch(m, args.wait)
+
+
+def _batch(m: PersistentMachine, wait: float) -> int:
+    """Feed stdin to the console; print what it prints until ``wait`` s of quiet."""
+    start = len(m.console.read_bytes())
+    data = sys.stdin.buffer.read()
+    if data:
+        m.console.write(data)
+    last, seen = time.monotonic(), start
+    while time.monotonic() - last < wait:
+        time.sleep(0.05)
+        now = len(m.console.read_bytes())
+        if now != seen:
+            seen, last = now, time.monotonic()
+    sys.stdout.buffer.write(m.console.read_bytes()[start:])
+    sys.stdout.flush()
+    return 0
+
+
+def _interactive(m: PersistentMachine) -> int:
+    import select
+    import termios
+    import tty
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    print(f"connected to {m.name}'s serial console; Ctrl-] leaves", file=sys.stderr)
+    pos = len(m.console.read_bytes())
+    out = sys.stdout.buffer
+    try:
+        tty.setraw(fd)
+        while True:
+            data = m.console.read_bytes()
+            if len(data) > pos:
+                out.write(data[pos:])
+                out.flush()
+                pos = len(data)
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                chunk = os.read(fd, 1024)
+                if not chunk or ESCAPE in chunk:
+                    before = chunk.split(ESCAPE, 1)[0]
+                    if before:
+                        m.console.write(before)
+                    break
+                m.console.write(chunk)
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+    print(f"\r\nleft {m.name}'s console (it keeps running)", file=sys.stderr)
+    return 0
+
+
+def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        emit_json(data)
+    elif not args.quiet:
+        print(text)
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register the machine commands on ``sub``."""
+    def add(name: str, func: Any, help_text: str, *, timeout: float = 30.0,
+            aliases: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help_text,
+                                                    description=help_text,
+                                                    parents=[common], aliases=list(aliases))
+        p.set_defaults(func=func)
+        p.add_argument("--timeout", type=float, default=timeout, metavar="S",
+                       help=f"seconds to wait for the machine (default {timeout:g})")
+        return p
+
+    p = add("list", cmd_list, "list machines and their state (stale records included)",
+            aliases=("ls",))
+    p = add("define", cmd_define, "record a machine definition (persistent, like virsh define)")
+    p.add_argument("name")
+    boot = p.add_mutually_exclusive_group()
+    boot.add_argument("--guest", choices=("tiny",), help="boot vmanager's tiny test guest")
+    boot.add_argument("--kernel", help="boot this kernel directly")
+    p.add_argument("--initrd")
+    p.add_argument("--append", help="kernel command line")
+    p.add_argument("--memory", default=256, help="RAM, MiB or with a unit (default 256)")
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--disk", action="append", default=[], metavar="PATH[:SIZE]",
+                   help="a qcow2 disk; created with SIZE on first start if missing")
+    p.add_argument("--cd", metavar="ISO")
+    p.add_argument("--nics", type=int, default=0,
+                   help="NICs in the machine's own network namespace")
+    p.add_argument("--force", action="store_true", help="replace an existing definition")
+    p = add("undefine", cmd_undefine, "forget a stopped machine's definition")
+    p.add_argument("name")
+    p = add("start", cmd_start, "start a defined (or lab) machine; it keeps running after "
+            "this command exits", timeout=120.0)
+    p.add_argument("name")
+    p.add_argument("--wait-ready", action="store_true",
+                   help="wait until the guest's backdoor shell answers")
+    p = add("stop", cmd_stop, "power a machine off (ACPI, then quit, then SIGKILL)")
+    p.add_argument("name")
+    p = add("kill", cmd_stop, "stop a machine at once (SIGKILL)")
+    p.add_argument("name")
+    for name, text in (("freeze", "pause a machine's vCPUs"),
+                       ("unfreeze", "resume a frozen machine")):
+        p = add(name, cmd_freeze, text)
+        p.add_argument("name")
+    p = add("clean", cmd_clean, "remove a stale record after checking that its QEMU is gone "
+            "(no process is signalled)")
+    p.add_argument("name")
+    p = add("console", cmd_console, "the serial console: interactive on a terminal "
+            "(Ctrl-] leaves), else stdin is typed in and the output printed")
+    p.add_argument("name")
+    p.add_argument("--dump", action="store_true",
+                   help="print everything the console showed so far and exit")
+    p.add_argument("--batch", action="store_true", help="non-interactive even on a terminal")
+    p.add_argument("--wait", type=float, default=1.0, metavar="S",
+                   help="batch mode: stop after S seconds without output (default 1)")
+    p = add("exec", cmd_exec, "run a shell command in the guest's backdoor shell; exits "
+            "with the command's status", timeout=60.0)
+    p.add_argument("name")
+    p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --, if it "
+                   "has options)")
+    p = add("monitor", cmd_monitor, "run a human monitor command (or a QMP one with --qmp)")
+    p.add_argument("name")
+    p.add_argument("cmd", nargs="+")
+    p.add_argument("--qmp", action="store_true", help="CMD is a QMP command; output is JSON")
+    p.add_argument("--arguments", metavar="JSON", help="QMP arguments as a JSON object")
+    p = add("screenshot", cmd_screenshot, "save the machine's screen (PNG by extension)")
+    p.add_argument("name")
+    p.add_argument("file")
+    p = add("send-key", cmd_send_key, "press key combinations such as ctrl-alt-f2")
+    p.add_argument("name")
+    p.add_argument("keys", nargs="+")
+    p = add("type", cmd_type, "type text on the machine's keyboard")
+    p.add_argument("name")
+    p.add_argument("text")
+    p.add_argument("-e", "--escapes", action="store_true", help="interpret \\n and friends")
+    p = add("snapshot", cmd_snapshot, "save, load, list or delete live snapshots",
+            timeout=120.0)
+    p.add_argument("name")
+    p.add_argument("action", choices=("save", "load", "list", "delete"))
+    p.add_argument("snap", nargs="?")
+    del p
+
+
+def exec_args_ok(args: argparse.Namespace) -> None:
+    """``exec`` needs a command; REMAINDER keeps a leading ``--``."""
+    if args.func is cmd_exec:
+        cmd = list(args.cmd)
+        if cmd and cmd[0] == "--":
+            cmd = cmd[1:]
+        if not cmd:
+            raise ConfigError("exec needs a command to run in the guest")
+        args.cmd = cmd
+
+
+__all__ = ["ESCAPE", "add_parsers", "attached", "exec_args_ok"]

@@ -1,0 +1,24 @@
+"""Declarative labs: TOML files of machines, switches, routers and links.
+
+>>> lab = load("examples/demo-lab.toml")    # doctest: +SKIP
+>>> up(lab); print(inspect(lab)); down(lab.name)
+"""
+
+from vmanager.lab.graph import mermaid, svg
+from vmanager.lab.runner import UpResult, down, inspect, start_lab_machine, up
+from vmanager.lab.spec import (
+    DiskSpec,
+    HostSpec,
+    Lab,
+    MachineSpec,
+    NicSpec,
+    RouterSpec,
+    SwitchSpec,
+    load,
+    parse,
+)
+
+__all__ = [
+    "DiskSpec", "HostSpec", "Lab", "MachineSpec", "NicSpec", "RouterSpec", "SwitchSpec",
+    "UpResult", "down", "inspect", "load", "mermaid", "parse", "start_lab_machine", "svg", "up",
+]

@@ -1,0 +1,430 @@
+"""Bringing a lab up and down; inspecting it.
+
+``up`` makes what is missing and leaves what exists (running it twice changes
+nothing); every object is written to the lab record as soon as it exists, so a
+crash leaves a record that ``down`` can work from. A failure during ``up``
+removes what that call made, in reverse order, and re-raises.
+
+The order is hosts, switches, routers, machines; ``down`` goes backwards and
+keeps going when one removal fails, reporting all failures at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmanager import paths
+from vmanager.errors import (
+    ConfigError,
+    NetworkError,
+    NotFoundError,
+    StateError,
+    VmanagerError,
+)
+from vmanager.lab import record as labrec
+from vmanager.lab.record import LabRecord
+from vmanager.lab.spec import HostSpec, Lab, MachineSpec, RouterSpec, SwitchSpec
+from vmanager.state import _net, records
+from vmanager.state._lock import locked
+from vmanager.state.persist import PersistentMachine, attach, detach, machine_kwargs
+from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
+from vmanager.state.records import MachineRecord
+
+log = logging.getLogger(__name__)
+
+Step = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def _no_progress(message: str) -> Iterator[None]:
+    log.info("%s", message)
+    yield
+
+
+@dataclass(frozen=True)
+class UpResult:
+    """What ``up`` did: objects made now, and objects that were already there."""
+
+    lab: str
+    made: tuple[str, ...]
+    kept: tuple[str, ...]
+
+
+# -- up ---------------------------------------------------------------------------------
+
+def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
+       timeout: float = 120.0) -> UpResult:
+    """Make everything ``lab`` describes that is not there yet.
+
+    Raises whatever the first failing object raised, after removing what this
+    call made (``ConfigError`` for a name in use, ``NetworkError``,
+    ``QemuStartError``...).
+    """
+    with locked("lab", lab.name, timeout=timeout):
+        rec = labrec.load(lab.name)
+        if rec is not None and Path(rec.file) != lab.path.resolve():
+            raise StateError(f"lab {lab.name!r} is up from {rec.file}, not {lab.path}")
+        if rec is None:
+            rec = LabRecord(lab.name, str(lab.path.resolve()), lab.digest)
+            labrec.save(rec)
+        elif rec.digest != lab.digest:
+            log.warning("lab %s: %s changed since it was brought up; only missing objects "
+                        "are made (down and up again to apply changes)", lab.name, lab.path)
+        made: list[tuple[str, str]] = []
+        kept: list[str] = []
+        try:
+            for host in lab.hosts:
+                _ensure(rec, "host", host.name, functools.partial(_make_host, rec, host),
+                        _host_present, made, kept, step)
+            for sw in lab.switches:
+                _ensure(rec, "switch", sw.name, functools.partial(_make_switch, rec, sw),
+                        _switch_present, made, kept, step)
+            for router in lab.routers:
+                _ensure(rec, "router", router.name,
+                        functools.partial(_make_router, rec, lab, router), _router_present,
+                        made, kept, step)
+            started = []
+            for m in lab.machines:
+                if _ensure(rec, "machine", m.name, functools.partial(_make_machine, rec, lab, m),
+                           _machine_present, made, kept, step):
+                    started.append(m.name)
+            if wait_ready:
+                for name in started:
+                    with step(f"waiting for {name}'s shell"):
+                        machine = attach(name, timeout=timeout)
+                        try:
+                            machine.wait_ready(timeout)
+                        finally:
+                            detach(machine)
+        except BaseException:
+            failures = []
+            for kind, name in reversed(made):
+                item = rec.find(kind, name)
+                if item is None:
+                    continue
+                try:
+                    _remove(item)
+                    rec.drop(kind, name)
+                except VmanagerError as exc:
+                    failures.append(f"{kind} {name}: {exc}")
+            if not rec.made:
+                labrec.delete(lab.name)
+            if failures:
+                log.error("lab %s: rollback left things behind:\n%s", lab.name,
+                          "\n".join(failures))
+            raise
+        return UpResult(lab.name, tuple(f"{k} {n}" for k, n in made), tuple(kept))
+
+
+def _ensure(rec: LabRecord, kind: str, name: str, make: Callable[[], None],
+            present: Callable[[dict[str, Any]], bool], made: list[tuple[str, str]],
+            kept: list[str], step: Step) -> bool:
+    item = rec.find(kind, name)
+    if item is not None and present(item):
+        kept.append(f"{kind} {name}")
+        return False
+    with step(f"{kind} {name}"):
+        if item is not None:  # recorded but (partly) gone: clear the rest first
+            _remove(item)
+            rec.drop(kind, name)
+        made.append((kind, name))
+        make()
+    return True
+
+
+def _host_present(item: dict[str, Any]) -> bool:
+    return _net.namespace_exists(item["name"]) and _net.link_exists(item["port"])
+
+
+def _switch_present(item: dict[str, Any]) -> bool:
+    return _net.link_exists(item["name"])
+
+
+def _router_present(item: dict[str, Any]) -> bool:
+    if not _net.link_exists(item["lan_port"]):
+        return False
+    ident = item.get("dnsmasq")
+    return ident is None or _identity(ident).check() is Liveness.RUNNING
+
+
+def _machine_present(item: dict[str, Any]) -> bool:
+    rec = records.find(item["name"])
+    return rec is not None and records.liveness(rec) is Liveness.RUNNING
+
+
+def _make_host(rec: LabRecord, host: HostSpec) -> None:
+    from vmanager.net import Interface, Namespace, VirtualNic
+    ns = Namespace(host.name).create()
+    rec.put({"kind": "host", "name": host.name, "port": host.port})
+    # tap mode leaves a bridge (PORTb) in the namespace that the host's stack can use
+    nic = VirtualNic(host.port, namespace=host.name, mode="tap").create()
+    bridge = nic.tap_bridge
+    assert bridge is not None
+    inner = Interface(bridge, netns=host.name)
+    if host.address:
+        inner.add_address(host.address)
+    inner.up()
+    Interface("lo", netns=host.name).up()
+    _net.forget(nic)
+    _net.forget(ns)
+
+
+def _make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
+    from vmanager.net import Switch
+    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering).create()
+    rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering})
+    _net.forget(switch)
+
+
+def _trunk_ifname(lab: Lab, router: RouterSpec) -> str:
+    for host in lab.hosts:
+        if host.name == router.trunk:
+            return host.port
+    return router.trunk
+
+
+def _make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
+    from vmanager.net import Router
+    kwargs: dict[str, Any] = {}
+    if spec.mode == "nat":
+        kwargs = {"subnet": spec.subnet, "trunk_address": spec.trunk_address,
+                  "gateway": spec.gateway, "dhcp": spec.dhcp, "dns": spec.dns}
+    router = Router(spec.name, trunk=_trunk_ifname(lab, spec), mode=spec.mode,  # type: ignore[arg-type]
+                    **kwargs)
+    router.create()
+    try:
+        pid = router.dnsmasq_pid
+        ident = ProcessIdentity.of(pid) if pid is not None else None
+        rec.put({"kind": "router", "name": spec.name, "mode": spec.mode,
+                 "lan_port": router.lan_port, "namespace": router.namespace,
+                 "run_dir": str(router.run_dir) if router.run_dir else None,
+                 "subnet": str(router.subnet) if router.subnet else None,
+                 "address": str(router.address) if router.address else None,
+                 "dnsmasq": _identity_json(ident) if ident else None})
+        if spec.switch is not None:
+            _connect(rec, spec.switch, router.lan_port)
+    except BaseException:
+        router.close()
+        raise
+    _net.forget(router)
+    proc = getattr(router, "_process", None)
+    if proc is not None:
+        proc.returncode = 0  # it runs on; keeps Popen.__del__ quiet
+
+
+def _connect(rec: LabRecord, switch: str, port: str, *, vlan: int | None = None,
+             vlans: list[int] | None = None) -> None:
+    item = rec.find("switch", switch)
+    sw = _net.adopt_switch(switch, vlan_filtering=bool(item and item.get("vlan_filtering")))
+    try:
+        sw.connect(port, vlan=vlan, vlans=vlans)
+    finally:
+        _net.forget(sw)
+
+
+def _make_machine(rec: LabRecord, lab: Lab, spec: MachineSpec) -> None:
+    existing = records.find(spec.name)
+    if existing is not None and existing.lab != lab.name:
+        raise ConfigError(f"{lab.path}: machine {spec.name!r} already exists outside lab "
+                          f"{lab.name!r}")
+    with locked("machine", spec.name):
+        records.save(MachineRecord(spec.name, definition=spec.definition(), persistent=True,
+                                   lab=lab.name,
+                                   runtime=existing.runtime if existing else None))
+    rec.put({"kind": "machine", "name": spec.name, "netns": spec.name if spec.nics else None})
+    machine = start_lab_machine(records.load(spec.name))
+    detach(machine)
+
+
+def start_lab_machine(record: MachineRecord) -> PersistentMachine:
+    """Start a lab machine from its record: namespace, NICs on their switches, QEMU.
+
+    The caller detaches (or stops) the returned machine. On failure nothing
+    this call made is left.
+    """
+    from vmanager.net import Namespace, VirtualNic, stable_mac
+    if record.lab is None:
+        raise StateError(f"machine {record.name!r} is not part of a lab")
+    rec = labrec.load(record.lab)
+    if rec is None:
+        raise NotFoundError(f"lab {record.lab!r} of machine {record.name!r} is not up")
+    nic_specs = list(record.definition.get("nics") or [])
+    made: list[Any] = []
+    machine: PersistentMachine | None = None
+    try:
+        if nic_specs:
+            if _net.namespace_exists(record.name):
+                _net.remove_namespace(record.name)  # left from a previous run of ours
+            made.append(Namespace(record.name).create())
+        nics = []
+        for index, n in enumerate(nic_specs):
+            nic = VirtualNic(namespace=record.name, mac=n.get("mac") or
+                             stable_mac(record.name, index), mode=n.get("mode", "macvtap"),
+                             model=n.get("model", "virtio-net-pci")).create()
+            made.append(nic)
+            nics.append(nic)
+            if n.get("switch"):
+                vlans = n.get("vlans") or None
+                _connect(rec, n["switch"], nic.port, vlan=n.get("vlan"), vlans=vlans)
+        kwargs = machine_kwargs(record.name, record.definition)
+        machine = PersistentMachine(record.name, nics=nics, **kwargs)
+        machine.start_vm()
+    except BaseException:
+        if machine is not None:
+            machine.kill()
+        for obj in reversed(made):
+            with contextlib.suppress(VmanagerError):
+                obj.close()
+        raise
+    for obj in made:
+        _net.forget(obj)
+    return machine
+
+
+# -- down -------------------------------------------------------------------------------
+
+def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0) -> list[str]:
+    """Remove everything lab ``name`` made; returns what was removed.
+
+    Nothing to do (the lab is not up) is not an error. Raises
+    :class:`NetworkError` listing every removal that failed, after trying all.
+    """
+    removed: list[str] = []
+    with locked("lab", name, timeout=timeout):
+        rec = labrec.load(name)
+        if rec is None:
+            return removed
+        failures = []
+        order = {"machine": 0, "router": 1, "switch": 2, "host": 3}
+        for item in sorted(reversed(rec.made), key=lambda i: order.get(i["kind"], 9)):
+            label = f"{item['kind']} {item['name']}"
+            try:
+                with step(f"removing {label}"):
+                    _remove(item, timeout=timeout)
+                rec.drop(item["kind"], item["name"])
+                removed.append(label)
+            except VmanagerError as exc:
+                failures.append(f"{label}: {exc}")
+        if failures:
+            raise NetworkError(f"lab {name!r}: could not remove everything:\n"
+                               + "\n".join(failures))
+        labrec.delete(name)
+    return removed
+
+
+def _remove(item: dict[str, Any], *, timeout: float = 30.0) -> None:
+    kind = item["kind"]
+    if kind == "machine":
+        _remove_machine(item, timeout)
+    elif kind == "router":
+        ident = item.get("dnsmasq")
+        if ident is not None:
+            _stop_process(_identity(ident))
+        if item.get("namespace"):
+            _net.remove_namespace(item["namespace"])
+        _net.remove_link(item["lan_port"])
+        if item.get("mode") == "bridged":
+            _net.remove_link(item["name"])
+        if item.get("run_dir"):
+            run_dir = Path(item["run_dir"])
+            if run_dir.parent == paths.run_dir() / "net":
+                shutil.rmtree(run_dir, ignore_errors=True)
+    elif kind == "switch":
+        _net.remove_link(item["name"])
+    elif kind == "host":
+        _net.remove_namespace(item["name"])
+        _net.remove_link(item["port"])
+
+
+def _remove_machine(item: dict[str, Any], timeout: float) -> None:
+    name = item["name"]
+    rec = records.find(name)
+    if rec is not None:
+        state = records.liveness(rec)
+        if state is Liveness.RUNNING:
+            machine = attach(name, timeout=timeout)
+            machine.stop(timeout=min(timeout, 10.0))
+        elif state is not None:
+            log.warning("machine %s: stale record (%s); not signalling anything", name,
+                        records.status(rec).detail)
+            records.clear_stale(name)
+    if item.get("netns"):
+        _net.remove_namespace(item["netns"])
+    with locked("machine", name):
+        rec = records.find(name)
+        if rec is not None and records.liveness(rec) is None:
+            records.delete(name)
+
+
+def _stop_process(ident: ProcessIdentity) -> None:
+    if ident.check() is not Liveness.RUNNING:
+        return
+    try:
+        proc = AdoptedProcess(ident)
+    except VmanagerError:
+        return
+    proc.terminate()
+    try:
+        proc.wait(5.0)
+    except Exception:
+        proc.kill()
+        proc.wait(5.0)
+    finally:
+        proc.close()
+
+
+def _identity_json(ident: ProcessIdentity) -> dict[str, Any]:
+    return {"pid": ident.pid, "argv": list(ident.argv), "starttime": ident.starttime}
+
+
+def _identity(data: dict[str, Any]) -> ProcessIdentity:
+    return ProcessIdentity(int(data["pid"]), tuple(data["argv"]), int(data["starttime"]))
+
+
+# -- inspect ----------------------------------------------------------------------------
+
+def inspect(lab: Lab) -> dict[str, Any]:
+    """The lab's objects with their state; machines with MACs and DHCP addresses."""
+    rec = labrec.load(lab.name)
+    leases: dict[str, str] = {}
+    routers = []
+    for r in lab.routers:
+        item = rec.find("router", r.name) if rec else None
+        present = item is not None and _router_present(item)
+        if item and item.get("run_dir"):
+            with contextlib.suppress(OSError):
+                for line in (Path(item["run_dir"]) / "leases").read_text().splitlines():
+                    f = line.split()
+                    if len(f) >= 3:
+                        leases[f[1].lower()] = f[2]
+        routers.append({"name": r.name, "mode": r.mode, "state": "up" if present else "down",
+                        "address": item.get("address") if item else None,
+                        "subnet": item.get("subnet") if item else None,
+                        "switch": r.switch})
+    from vmanager.net import stable_mac
+    machines = []
+    for m in lab.machines:
+        mrec = records.find(m.name)
+        st = records.status(mrec) if mrec else None
+        nics = []
+        for i, n in enumerate(m.nics):
+            mac = n.mac or stable_mac(m.name, i)
+            nics.append({"index": i, "mac": mac, "switch": n.switch, "vlan": n.vlan,
+                         "address": leases.get(mac.lower())})
+        machines.append({"name": m.name, "state": st.state if st else "absent",
+                         "pid": st.pid if st else None, "detail": st.detail if st else "",
+                         "nics": nics})
+    switches = [{"name": s.name, "vlan_filtering": s.vlan_filtering,
+                 "state": "up" if _net.link_exists(s.name) else "down"} for s in lab.switches]
+    hosts = [{"name": h.name, "port": h.port, "address": h.address,
+              "state": "up" if _net.namespace_exists(h.name) else "down"} for h in lab.hosts]
+    return {"lab": lab.name, "file": str(lab.path), "up": rec is not None,
+            "changed": rec is not None and rec.digest != lab.digest, "hosts": hosts,
+            "switches": switches, "routers": routers, "machines": machines}
