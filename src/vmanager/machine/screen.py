@@ -1,16 +1,408 @@
-"""Screen, keyboard and mouse of a Machine (display adapter, screenshots, input)."""
+"""Screen, keyboard and mouse of a Machine: display adapter, screenshots, waiting, VNC.
+
+Machines are headless (``-display none``) with a display adapter, so there is
+always a screen to capture, and a tablet for an absolute pointer. Screenshots
+come from QMP ``screendump``: PNG straight from QEMU when it can write PNG
+(QEMU >= 7.1 built with libpng), else PPM converted with Pillow. In-memory
+images (:meth:`ScreenMixin.screenshot_image`) use PPM, which QEMU writes and
+Pillow reads fastest.
+
+A VNC server is never listening unless asked for: QEMU starts with ``-vnc none``
+(a VNC display without any listener, idle while nobody is connected) so
+:meth:`ScreenMixin.enable_vnc` can later open it on a unix socket in the
+machine's private run directory with QMP ``display-update``.
+"""
 
 from __future__ import annotations
 
-from vmanager.machine.base import LaunchContext, MachineBase
+import os
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypeVar
+
+from vmanager import paths
+from vmanager.errors import ConfigError, NotFoundError, QMPError, ScreenTimeout
+from vmanager.machine.base import LaunchContext, State
+from vmanager.machine.input import InputMixin
+from vmanager.screen import ocr
+from vmanager.screen.image import (
+    RegionMatch,
+    Screenshot,
+    check_box,
+    compare_region,
+    differing_pixels,
+    load_reference,
+    pil,
+    png_size,
+)
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+Region = tuple[int, int, int, int]
+Tablet = Literal["virtio", "usb"] | None
+T = TypeVar("T")
+
+_PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
+_VGA_CHOICES = ("std", "virtio", "cirrus", "qxl", "none")
 
 
-class ScreenMixin(MachineBase):
-    """Headless display with a VGA adapter, so there is always a screen to capture."""
+class ScreenMixin(InputMixin):
+    """A headless display adapter, a tablet, screenshots, screen waits and VNC.
+
+    Attributes set before :meth:`start_vm` (see :meth:`configure_screen`):
+    ``vga`` (QEMU ``-vga`` model), ``tablet`` (``"virtio"``, ``"usb"`` or
+    ``None``). ``screenshot_dir`` is where screenshots without a file name and
+    those saved for a failed wait go (default: the state directory's
+    ``screenshots/<name>``; it outlives the machine).
+    """
+
+    vga: str
+    tablet: Tablet
+    screenshot_dir: Path
+    vnc_socket: Path | None
 
     def _init_screen(self) -> None:
-        pass
+        self.vga = "std"
+        self.tablet = "virtio"
+        self.screenshot_dir = paths.state_dir() / "screenshots" / self.name
+        self.vnc_socket = None
+        self._vnc_wanted = False
+        self._png_screendump: bool | None = None
+        self._dump_lock = threading.Lock()
+        self._shot_seq = 0
+        self._init_input()
 
+    def configure_screen(self, *, vga: str | None = None,
+                         tablet: Tablet | Literal["keep"] = "keep") -> None:
+        """Choose the display adapter and pointer device before :meth:`start_vm`.
+
+        ``vga`` is a QEMU ``-vga`` model (``std``, ``virtio``, ``cirrus``, ``qxl``,
+        ``none``); ``tablet`` is ``"virtio"`` (``virtio-tablet-pci``, the default),
+        ``"usb"`` (``usb-tablet`` on an XHCI controller, for guests without
+        virtio drivers) or ``None``. Raises :class:`ConfigError` for unknown
+        values, :class:`StateError` while the machine runs.
+        """
+        self._require_state(State.DEFINED, State.STOPPED, action="change the screen set-up")
+        if vga is not None:
+            if vga not in _VGA_CHOICES:
+                raise ConfigError(f"vga {vga!r} is not one of {', '.join(_VGA_CHOICES)}")
+            self.vga = vga
+        if tablet != "keep":
+            if tablet not in ("virtio", "usb", None):
+                raise ConfigError(f"tablet {tablet!r} must be 'virtio', 'usb' or None")
+            self.tablet = tablet
+
+    # -- launch hooks -----------------------------------------------------------------
     def _prepare_launch(self, ctx: LaunchContext) -> None:
         super()._prepare_launch(ctx)
-        ctx.add("-display", "none", "-vga", "std")
+        ctx.add("-display", "none", "-vga", self.vga, "-vnc", "none")
+        if self.tablet == "virtio":
+            ctx.add("-device", "virtio-tablet-pci,id=vm-tablet")
+        elif self.tablet == "usb":
+            ctx.add("-device", "qemu-xhci,id=vm-xhci",
+                    "-device", "usb-tablet,id=vm-tablet,bus=vm-xhci.0")
+
+    def _after_launch(self) -> None:
+        super()._after_launch()
+        self._png_screendump = None
+        if self._vnc_wanted:
+            self._open_vnc()
+
+    def _teardown(self) -> None:
+        super()._teardown()
+        self.vnc_socket = None
+        self._mouse_position = None
+
+    # -- VNC ------------------------------------------------------------------------
+    def enable_vnc(self) -> Path:
+        """Serve the screen over VNC on a unix socket; return the socket's path.
+
+        Callable before :meth:`start_vm` (the server opens at start) or while the
+        machine runs. The socket lives in the machine's run directory (mode 0700,
+        socket 0600), so only its owner can connect, e.g. with
+        ``vncviewer /path/vnc.sock`` or ``ssh -L`` to it. Raises
+        :class:`QMPError` when QEMU refuses to open it.
+        """
+        self._vnc_wanted = True
+        if self.state in (State.RUNNING, State.PAUSED):
+            return self._open_vnc()
+        return self.run_dir / "vnc.sock"
+
+    def disable_vnc(self) -> None:
+        """Close the VNC server (connected viewers are dropped); idempotent."""
+        self._vnc_wanted = False
+        if self.vnc_socket is not None and self.state in (State.RUNNING, State.PAUSED):
+            self.qmp("display-update", {"type": "vnc", "addresses": []})
+        self.vnc_socket = None
+
+    def _open_vnc(self) -> Path:
+        sock = self.run_dir / "vnc.sock"
+        self.qmp("display-update", {"type": "vnc",
+                                    "addresses": [{"type": "unix", "path": str(sock)}]})
+        os.chmod(sock, 0o600)
+        self.vnc_socket = sock
+        self.log.info("VNC on unix socket %s", sock)
+        return sock
+
+    # -- screenshots ----------------------------------------------------------------
+    def screenshot(self, filename: str | Path | None = None) -> Screenshot:
+        """Store a PNG of the screen in ``filename`` and return its path and size.
+
+        Without ``filename`` the PNG goes to ``screenshot_dir`` under a fresh name.
+        QEMU writes it into the machine's private run directory; it is then moved
+        into place, so a reader never sees half a file.
+
+        Raises :class:`NotFoundError` naming a missing target directory,
+        :class:`ConfigError` when ``filename`` is a directory, :class:`StateError`
+        unless the machine runs (or is frozen).
+
+        Example::
+
+            shot = m.screenshot("boot.png")
+            print(shot.width, shot.height)
+        """
+        target = self._target(filename)
+        self._require_monitor()
+        with self._dump_lock:
+            if self._png_screendump is not False:
+                dumped = self._try_png_dump()
+                if dumped is not None:
+                    size = png_size(dumped)
+                    shutil.move(dumped, target)
+                    return Screenshot(path=target, width=size[0], height=size[1])
+            image = self._ppm_image()
+        image.save(target, format="PNG")
+        return Screenshot(path=target, width=image.width, height=image.height)
+
+    def screenshot_image(self) -> Image:
+        """The screen as an RGB ``PIL.Image`` in memory (needs Pillow).
+
+        Raises :class:`HostError` when Pillow is missing, :class:`StateError`
+        unless the machine runs (or is frozen).
+        """
+        self._require_monitor()
+        pil()
+        with self._dump_lock:
+            return self._ppm_image()
+
+    def screen_size(self) -> tuple[int, int]:
+        """The current ``(width, height)`` of the guest's screen in pixels.
+
+        Measured afresh (a PPM dump's header, about 10 ms), so mode changes count.
+        """
+        self._require_monitor()
+        with self._dump_lock:
+            path = self._dump("ppm")
+            try:
+                with path.open("rb") as f:
+                    head = f.read(64)
+            finally:
+                path.unlink(missing_ok=True)
+        found = _PPM_HEADER.match(head)
+        if found is None:
+            raise QMPError(f"{self.name}: screendump wrote no PPM header", command="screendump")
+        return int(found.group(1)), int(found.group(2))
+
+    def save_region(self, filename: str | Path, x: int, y: int, width: int,
+                    height: int) -> Screenshot:
+        """Store a PNG of one region of the screen, e.g. as a reference for matching.
+
+        Raises :class:`ConfigError` when the region is off the screen and
+        :class:`NotFoundError` when the target directory is missing.
+        """
+        target = self._target(filename)
+        image = self.screenshot_image()
+        check_box(x, y, width, height, image.size)
+        image.crop((x, y, x + width, y + height)).save(target, format="PNG")
+        return Screenshot(path=target, width=width, height=height)
+
+    def _target(self, filename: str | Path | None) -> Path:
+        if filename is None:
+            directory = paths.private_dir(self.screenshot_dir)
+            self._shot_seq += 1
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            return directory / f"{self.name}-{stamp}-{self._shot_seq:03d}.png"
+        target = Path(filename)
+        if target.is_dir():
+            raise ConfigError(f"screenshot file name {str(target)!r} is a directory")
+        parent = target.parent
+        if not parent.is_dir():
+            raise NotFoundError(f"cannot store screenshot {str(target)!r}: directory "
+                                f"{str(parent)!r} does not exist")
+        return target
+
+    def _dump(self, fmt: str) -> Path:
+        path = self.run_dir / f"screendump.{fmt}"
+        self.qmp("screendump", {"filename": str(path), "format": fmt})
+        return path
+
+    def _try_png_dump(self) -> Path | None:
+        try:
+            path = self._dump("png")
+        except QMPError as exc:
+            text = f"{exc.description} {exc}".lower()
+            if "png" not in text and "format" not in text:
+                raise
+            self.log.info("QEMU cannot write PNG screendumps (%s); converting PPM with "
+                          "Pillow", exc.description)
+            self._png_screendump = False
+            return None
+        self._png_screendump = True
+        return path
+
+    def _ppm_image(self) -> Image:
+        path = self._dump("ppm")
+        try:
+            image: Image = pil().open(path)
+            image.load()
+        finally:
+            path.unlink(missing_ok=True)
+        return image if image.mode == "RGB" else image.convert("RGB")
+
+    # -- reading and waiting --------------------------------------------------------
+    def get_screen_text(self, *, region: Region | None = None) -> str:
+        """The text OCR (tesseract) reads on the screen, or on ``region`` (x, y, w, h).
+
+        Raises :class:`HostError` when tesseract or Pillow is missing,
+        :class:`CommandError` when tesseract fails.
+        """
+        return ocr.read_text(_crop(self.screenshot_image(), region))
+
+    def wait_for_text(self, text: str | re.Pattern[str], timeout: float = 60.0, *,
+                      region: Region | None = None) -> str:
+        """Wait until OCR reads ``text`` on the screen; return everything it read.
+
+        A string matches as a substring with runs of white space treated as one
+        space; a compiled pattern is searched. OCR misreads small or similar
+        glyphs, so wait for distinctive words. Raises :class:`ScreenTimeout`
+        (with the last screenshot saved in ``screenshot_dir``) after ``timeout``
+        seconds.
+
+        Example::
+
+            m.wait_for_text("login:", timeout=120)
+        """
+        wanted = _normalise(text) if isinstance(text, str) else None
+        last: Image | None = None
+
+        def attempt() -> str | None:
+            nonlocal last
+            last = self.screenshot_image()
+            read = ocr.read_text(_crop(last, region))
+            if wanted is not None:
+                return read if wanted in _normalise(read) else None
+            assert isinstance(text, re.Pattern)
+            return read if text.search(read) else None
+
+        return self._poll(attempt, timeout, interval=0.2, what=f"text {text!r}",
+                          last=lambda: last)
+
+    def wait_for_screen_change(self, timeout: float = 30.0, *, since: Image | None = None,
+                               region: Region | None = None, min_changed: int = 64,
+                               interval: float = 0.1) -> Image:
+        """Wait until the screen differs from ``since`` (default: the screen now).
+
+        Changes of fewer than ``min_changed`` pixels, such as a blinking text
+        cursor, do not count. Returns the changed screen. Raises
+        :class:`ScreenTimeout` with the last screenshot saved.
+        """
+        before = _crop(since if since is not None else self.screenshot_image(), region)
+        last: Image | None = None
+
+        def attempt() -> Image | None:
+            nonlocal last
+            last = self.screenshot_image()
+            now = _crop(last, region)
+            if now.size != before.size:
+                return last
+            if differing_pixels(now, before, pixel_threshold=0) >= min_changed:
+                return last
+            return None
+
+        return self._poll(attempt, timeout, interval=interval, what="a screen change",
+                          last=lambda: last)
+
+    def match_region(self, reference: str | Path | Image, x: int, y: int, *,
+                     tolerance: float = 0.01, pixel_threshold: int = 32) -> RegionMatch:
+        """Compare the screen at ``(x, y)`` with a reference image (a PNG or an Image).
+
+        The region matches when at most ``tolerance`` (a fraction) of its pixels
+        differ by more than ``pixel_threshold`` in any colour channel. The result
+        is truthy when it matched. Raises :class:`NotFoundError` for a missing
+        reference, :class:`ConfigError` when the region is off the screen.
+        """
+        ref = load_reference(reference)
+        return compare_region(self.screenshot_image(), ref, x, y, tolerance=tolerance,
+                              pixel_threshold=pixel_threshold)
+
+    def wait_for_image(self, reference: str | Path | Image, x: int, y: int, *,
+                       timeout: float = 30.0, tolerance: float = 0.01,
+                       pixel_threshold: int = 32) -> RegionMatch:
+        """Wait until :meth:`match_region` matches; return the match.
+
+        Raises :class:`ScreenTimeout` (last screenshot saved, best difference in
+        the message) after ``timeout`` seconds, and what :meth:`match_region`
+        raises.
+        """
+        ref = load_reference(reference)
+        last: Image | None = None
+        best = 1.0
+
+        def attempt() -> RegionMatch | None:
+            nonlocal last, best
+            last = self.screenshot_image()
+            result = compare_region(last, ref, x, y, tolerance=tolerance,
+                                    pixel_threshold=pixel_threshold)
+            best = min(best, result.difference)
+            return result if result.matched else None
+
+        name = reference if isinstance(reference, str | Path) else "the reference image"
+        return self._poll(attempt, timeout, interval=0.1,
+                          what=lambda: f"{name} at ({x}, {y}) (closest: {best:.1%} of "
+                                       f"pixels differed, tolerance {tolerance:.1%})",
+                          last=lambda: last)
+
+    def _poll(self, attempt: Callable[[], T | None], timeout: float, *, interval: float,
+              what: str | Callable[[], str], last: Callable[[], Image | None]) -> T:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = attempt()
+            if found is not None:
+                return found
+            if time.monotonic() + interval > deadline:
+                desc = what() if callable(what) else what
+                raise ScreenTimeout(f"{self.name}: {desc} did not come on screen within "
+                                    f"{timeout} s", screenshot=self._save_failure(last()))
+            time.sleep(interval)
+
+    def _save_failure(self, image: Image | None) -> str | None:
+        if image is None:
+            return None
+        try:
+            directory = paths.private_dir(self.screenshot_dir)
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            self._shot_seq += 1
+            path = directory / f"{self.name}-timeout-{stamp}-{self._shot_seq:03d}.png"
+            image.save(path, format="PNG")
+        except OSError as exc:
+            self.log.warning("could not save the screenshot of a failed wait: %s", exc)
+            return None
+        return str(path)
+
+
+def _crop(image: Image, region: Region | None) -> Image:
+    if region is None:
+        return image
+    x, y, w, h = region
+    check_box(x, y, w, h, image.size)
+    return image.crop((x, y, x + w, y + h))
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.split())
