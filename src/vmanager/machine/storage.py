@@ -131,6 +131,19 @@ class StorageMixin(MachineBase):
         if self._incoming:
             ctx.add("-incoming", "defer")
 
+    def _after_launch(self) -> None:
+        super()._after_launch()
+        # NICs get their -device from NetworkMixin without a bootindex; a boot order
+        # that puts them first is applied now and holds from the next reset on.
+        order = self._boot_order()
+        nic_first = [d for d, kind in self._boot_devices() if kind == "network"
+                     and d in self._boot_first]
+        if nic_first and self.kernel is None and not self._incoming:
+            try:
+                self._apply_boot_order(order)
+            except QemuError as exc:
+                self.log.warning("could not apply boot order %s: %s", order, exc)
+
     def _teardown(self) -> None:
         try:
             super()._teardown()
@@ -434,8 +447,13 @@ class StorageMixin(MachineBase):
         devices = [(d.device_id(i), "disk") for i, d in enumerate(self.harddrives)]
         if self.cd is not None or self._cd_drive:
             devices.append(("cd0", "cd"))
-        nics = getattr(self, "nics", [])
-        devices += [(f"nic{i}", "network") for i in range(len(nics))]
+        # NetworkMixin's slots name the NIC devices of a running machine (ids stay
+        # sparse after del_nic); before launch NIC n becomes device nicN.
+        slots = getattr(self, "_slots", None) or []
+        if slots:
+            devices += [(str(slot.device), "network") for slot in slots]
+        else:
+            devices += [(f"nic{i}", "network") for i in range(len(getattr(self, "nics", [])))]
         return devices
 
     def _boot_order(self) -> list[str]:
@@ -465,11 +483,7 @@ class StorageMixin(MachineBase):
         order = self._boot_order()
         if self.state in (State.RUNNING, State.PAUSED):
             try:
-                # Clear first: QEMU refuses an index another device still holds.
-                for dev, _ in devices:
-                    self._set_bootindex(dev, -1)
-                for index, dev in enumerate(order, start=1):
-                    self._set_bootindex(dev, index)
+                self._apply_boot_order(order)
             except QMPError as exc:
                 self._boot_first = old
                 raise StateError(f"{self.name}: changing the boot order failed: "
@@ -496,6 +510,13 @@ class StorageMixin(MachineBase):
         known = ", ".join(dev for dev, _ in devices) or "none"
         raise NotFoundError(f"machine {self.name!r} has no boot device {device!r} (kinds: "
                             f"{', '.join(BOOT_KINDS)}; devices: {known})")
+
+    def _apply_boot_order(self, order: list[str]) -> None:
+        # Clear first: QEMU refuses an index another device still holds.
+        for dev in order:
+            self._set_bootindex(dev, -1)
+        for index, dev in enumerate(order, start=1):
+            self._set_bootindex(dev, index)
 
     def _set_bootindex(self, device_id: str, index: int) -> None:
         self.qmp("qom-set", {"path": f"/machine/peripheral/{device_id}",
