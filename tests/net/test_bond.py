@@ -72,3 +72,16 @@ def test_bond_refuses_bad_input(name: Any) -> None:
         Bond(name("b"), ["x"], primary="y")
     with pytest.raises(NotFoundError):
         Bond(name("b"), ["nothere0"]).create()
+
+
+def test_bond_request_carries_mode_and_miimon_to_the_kernel() -> None:
+    """What can be checked without CONFIG_BONDING: the netlink request pyroute2 builds."""
+    from pyroute2.iproute.linux import get_arguments_processor
+
+    bond = Bond("bond9", ["x", "y"], mode="802.3ad", miimon=50)
+    request = dict(get_arguments_processor("link", "add", bond._link_add_args()).items())
+    info = request["IFLA_LINKINFO"]["attrs"]
+    assert ["IFLA_INFO_KIND", "bond"] in [list(a) for a in info]
+    data = dict(next(a[1]["attrs"] for a in info if a[0] == "IFLA_INFO_DATA"))
+    assert data == {"IFLA_BOND_MODE": 4, "IFLA_BOND_MIIMON": 50}
+    assert request["ifname"] == "bond9"

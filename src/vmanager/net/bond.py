@@ -26,6 +26,8 @@ from vmanager.net._resource import Resource, UndoStack
 
 log = logging.getLogger(__name__)
 
+IFF_UP = 0x1
+
 #: The kernel's bonding modes (``include/uapi/linux/if_bonding.h``).
 BOND_MODES: dict[str, int] = {
     "balance-rr": 0,
@@ -45,7 +47,7 @@ class Bond(Resource):
     traffic and another takes over when its link fails, detected by MII
     monitoring every ``miimon`` ms; ``"802.3ad"``: LACP, needs a partner that
     speaks it). A Bond can be connected to a Switch like any port (``.ifname``).
-    Members are released (and brought back down) on close.
+    Members are released on close and get back the up/down state they had.
 
     Raises:
         ConfigError: bad name/mode/miimon, fewer than one member, a member given
@@ -98,9 +100,10 @@ class Bond(Resource):
                     raise ConfigError(f"{member!r} is already enslaved; cannot add it to "
                                       f"bond {self.name!r}")
                 indexes[member] = index
+            was_up = {m: bool(ipr.link("get", index=i)[0]["flags"] & IFF_UP)
+                      for m, i in indexes.items()}
             try:
-                ipr.link("add", ifname=self.name, kind="bond",
-                         bond_mode=BOND_MODES[self.mode], bond_miimon=self.miimon)
+                ipr.link("add", **self._link_add_args())
             except NetlinkError as exc:
                 if exc.code == errno.EOPNOTSUPP:
                     raise HostError(f"cannot create bond {self.name!r}: this kernel has no "
@@ -114,7 +117,8 @@ class Bond(Resource):
                     # the kernel only enslaves links that are down
                     ipr.link("set", index=index, state="down")
                     ipr.link("set", index=index, master=bond)
-                undo.push(f"release {member}", functools.partial(self._release, member))
+                undo.push(f"release {member}",
+                          functools.partial(self._release, member, up=was_up[member]))
             if self.primary is not None:
                 with kernel_call("set primary of", self.name, None):
                     ipr.link("set", index=bond, kind="bond",
@@ -126,7 +130,13 @@ class Bond(Resource):
                     ipr.link("set", index=index, state="up")
         log.info("created %r", self)
 
-    def _release(self, member: str) -> None:
+    def _link_add_args(self) -> dict[str, Any]:
+        """The ``IPRoute.link("add", ...)`` arguments; pyroute2 maps each ``bond_*``
+        key to the ``IFLA_BOND_*`` attribute of the same name in IFLA_INFO_DATA."""
+        return {"ifname": self.name, "kind": "bond", "bond_mode": BOND_MODES[self.mode],
+                "bond_miimon": self.miimon}
+
+    def _release(self, member: str, *, up: bool) -> None:
         with rtnl() as ipr:
             index = lookup(ipr, member)
             if index is None:
@@ -134,7 +144,8 @@ class Bond(Resource):
             with kernel_call(f"release from bond {self.name}", member, None):
                 if attr(ipr.link("get", index=index)[0], "IFLA_MASTER"):
                     ipr.link("set", index=index, master=0)
-                ipr.link("set", index=index, state="down")
+                # the kernel leaves a released member down; give back what it had
+                ipr.link("set", index=index, state="up" if up else "down")
 
     def _info(self) -> Any:
         with rtnl() as ipr:
