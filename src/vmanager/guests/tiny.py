@@ -221,6 +221,7 @@ def _initramfs(tree: Path, moddir: Path, version: str) -> bytes:
         "bin/vt-shell": _scripts.VT_SHELL, "bin/backdoor": _scripts.BACKDOOR,
         "etc/acpi/PWRF/00000080": _scripts.POWER_BUTTON, "sbin/hotplug": _scripts.HOTPLUG,
         "usr/share/udhcpc/default.script": _scripts.UDHCPC_SCRIPT,
+        "etc/udhcpc/default.script": _scripts.UDHCPC_SCRIPT,  # where Debian's busybox looks
     }
     for name, text in executables.items():
         cpio.file(name, text.encode(), 0o755)
