@@ -178,6 +178,13 @@ class Harddrive:
 
     # -- changing offline ------------------------------------------------------------
 
+    def check(self) -> qemu_img.CheckResult:
+        """Check the image's consistency (``qemu-img check``); the disk must not be in use."""
+        if self._user is not None:
+            raise StateError(f"cannot check {self.path} while machine {self._user.name} uses it",
+                             state="attached", required="detached")
+        return qemu_img.check(self.path, fmt=self.format)
+
     def create(self, size: SizeLike | None = None, *, overwrite: bool = False) -> ImageInfo:
         """Create the image: empty of ``size`` (or the constructor's), or an overlay.
 

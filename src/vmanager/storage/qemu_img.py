@@ -246,6 +246,52 @@ def info(path: StrPath, *, fmt: str | None, force_share: bool = True,
     return ImageInfo.from_json(data)
 
 
+@dataclass(frozen=True)
+class CheckResult:
+    """What ``qemu-img check`` found; ``clean`` when there is nothing wrong."""
+
+    corruptions: int
+    leaks: int
+    check_errors: int
+    fragmented_clusters: int
+    total_clusters: int
+
+    @property
+    def clean(self) -> bool:
+        """No corruption, no leaked clusters, no check errors."""
+        return not (self.corruptions or self.leaks or self.check_errors)
+
+
+def check(path: StrPath, *, fmt: str, timeout: float = DEFAULT_TIMEOUT) -> CheckResult:
+    """``qemu-img check --output=json``: consistency of an image not in use.
+
+    qemu-img exits 2 (corruptions) or 3 (leaks) and still prints its JSON
+    report; both are returned, not raised. Raises :class:`QemuImgError` when
+    the check itself could not run.
+    """
+    argv = [binary(), "check", "--output=json", "-f", fmt, "--", os.fspath(path)]
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              check=False, timeout=timeout, env={**os.environ, "LC_ALL": "C"})
+    except subprocess.TimeoutExpired as exc:
+        raise QemuImgError(f"qemu-img check timed out after {timeout:g}s", argv=argv,
+                           returncode=None, stdout=_text(exc.stdout),
+                           stderr=_text(exc.stderr)) from exc
+    try:
+        data = json.loads(proc.stdout) if proc.returncode in (0, 2, 3) else None
+    except json.JSONDecodeError:
+        data = None
+    if not isinstance(data, dict):
+        raise QemuImgError(f"qemu-img check of {os.fspath(path)} could not run "
+                           f"(exit status {proc.returncode})", argv=argv,
+                           returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
+    return CheckResult(corruptions=int(data.get("corruptions", 0)),
+                       leaks=int(data.get("leaks", 0)),
+                       check_errors=int(data.get("check-errors", 0)),
+                       fragmented_clusters=int(data.get("fragmented-clusters", 0)),
+                       total_clusters=int(data.get("total-clusters", 0)))
+
+
 def info_chain(path: StrPath, *, fmt: str | None, force_share: bool = True,
                timeout: float = PROBE_TIMEOUT,
                limits: Limits | None = PROBE_LIMITS) -> list[ImageInfo]:
