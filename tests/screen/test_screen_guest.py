@@ -60,7 +60,7 @@ def test_screenshot_is_a_png_of_the_guest_resolution_and_not_blank(m: Machine,
     assert shot.size == guest_resolution(m) == m.screen_size()
     with Image.open(shot.path) as image:
         assert image.format == "PNG" and image.size == shot.size
-        assert image.convert("L").getextrema()[1] > 128  # some bright text on black
+        assert sum(image.convert("L").histogram()[129:]) > 0  # some bright text on black
     assert elapsed < 2.0
     # Nothing stays behind in the run directory.
     assert not list(m.run_dir.glob("screendump.*"))
