@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from vmanager.errors import HostError, QMPError
-from vmanager.machine.base import State
+from vmanager.errors import ConfigError, HostError, QMPError, StateError
+from vmanager.machine.base import LaunchContext, State
 from vmanager.machine.screen import ScreenMixin
 
 
@@ -87,3 +87,28 @@ def test_without_pillow_in_memory_images_say_how_to_install_it(
         fake.screenshot_image()
     # A PNG screenshot to a file needs no Pillow at all.
     assert fake.screenshot(tmp_path / "ok.png").size == (64, 48)
+
+
+def test_launch_adds_a_headless_display_an_idle_vnc_display_and_a_tablet(
+        tmp_path: Path) -> None:
+    fake = FakeScreen(tmp_path, png=True)
+    fake.state = State.DEFINED
+
+    def argv() -> list[str]:
+        ctx = LaunchContext(run_dir=tmp_path, accel="tcg")
+        fake._prepare_launch(ctx)
+        return ctx.argv
+
+    assert argv() == ["-display", "none", "-vga", "std", "-vnc", "none",
+                      "-device", "virtio-tablet-pci,id=vm-tablet"]
+    fake.configure_screen(vga="virtio", tablet="usb")
+    assert argv()[3] == "virtio" and "usb-tablet,id=vm-tablet,bus=vm-xhci.0" in argv()
+    fake.configure_screen(tablet=None)
+    assert not any("tablet" in a for a in argv())
+    with pytest.raises(ConfigError, match="vga 'vmware9'"):
+        fake.configure_screen(vga="vmware9")
+    with pytest.raises(ConfigError, match="tablet"):
+        fake.configure_screen(tablet="ps2")  # type: ignore[arg-type]
+    fake.state = State.RUNNING
+    with pytest.raises(StateError, match="running"):
+        fake.configure_screen(vga="std")
