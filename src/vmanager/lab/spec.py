@@ -164,10 +164,15 @@ class _Locator:
     def line(self, dotted: tuple[str, ...]) -> int | None:
         best: int | None = None
         table: tuple[str, ...] = ()
+        arrays: dict[tuple[str, ...], int] = {}
         for number, text in enumerate(self.lines, 1):
             header = self._HEADER.match(text)
             if header:
                 table = tuple(p.strip().strip("\"'") for p in header.group(1).split("."))
+                if text.lstrip().startswith("[["):
+                    index = arrays.get(table, -1) + 1
+                    arrays[table] = index
+                    table = (*table, str(index))
                 if table and dotted[:len(table)] == table:
                     best = number
                 continue
