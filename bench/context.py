@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,8 @@ class Context:
     work: Path
     full: bool
     libvirt: bool = False
+    #: cold boots to shell (s) of the default tiny guest, shared between rows
+    cold_boots: list[float] = field(default_factory=list)
 
     def reps(self, quick: int, full: int) -> int:
         return full if self.full else quick

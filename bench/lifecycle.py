@@ -77,6 +77,7 @@ def boot_and_memory(ctx: Context) -> list[Row]:
                         m.start_vm()
                         m.wait_ready()
                     boot_vm.append(t())
+                    ctx.cold_boots.append(t())
                     time.sleep(SETTLE_S)
                     assert m.pid is not None
                     rss_vm.append(rss_kib(m.pid) / 1024)

@@ -66,7 +66,7 @@ def migration(ctx: Context) -> list[Row]:
         argv = list(m.argv)
     finally:
         m.kill()
-    n = ctx.reps(2, 5)
+    n = ctx.reps(1, 5)
     vm: list[tuple[float, float, float]] = []
     raw: list[tuple[float, float, float]] = []
     for _ in range(n):

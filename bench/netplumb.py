@@ -110,7 +110,7 @@ def plumbing(ctx: Context) -> list[Row]:
         raise RuntimeError(f"objects from an earlier run are still there: {stale}")
     node_dir = ctx.work / "nodes"
     node_dir.mkdir(mode=0o700, exist_ok=True)
-    sizes: Sequence[tuple[int, int]] = ((10, ctx.reps(3, 10)), (100, ctx.reps(1, 5)))
+    sizes: Sequence[tuple[int, int]] = ((10, ctx.reps(2, 10)), (100, ctx.reps(1, 5)))
     rows = []
     try:
         for n, reps in sizes:
