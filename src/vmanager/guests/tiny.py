@@ -57,7 +57,7 @@ MODULES = (
     "virtio_pci", "virtio_console", "virtio_net", "virtio_blk", "virtio_balloon",
     "virtio_input", "virtio_rng", "virtio_mem", "virtio_scsi", "e1000", "e1000e", "ata_piix",
     "ahci", "sr_mod", "sd_mod", "isofs", "ext4", "vfat", "evdev", "button", "bochs",
-    "8021q", "bonding", "loop",
+    "8021q", "bonding", "loop", "crc32c_generic",  # ext4 needs crypto-crc32c at mount
 )
 
 DEFAULT_APPEND = ("console=ttyS0 quiet loglevel=3 panic=-1 tsc=reliable no_timer_check "
