@@ -105,7 +105,7 @@ class NetworkMixin(MachineBase):
         from vmanager.net import Lifecycle, VirtualNic, stable_mac
         # Anything built here is undone by _teardown() if the launch fails.
         if self._nic_count:
-            self._ensure_namespace()
+            self._ensure_namespace(adopt=False)
             for index in range(self._nic_count):
                 nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self.name, index))
                 self._slots.append(_Slot(nic, index, owned=True))
@@ -122,12 +122,25 @@ class NetworkMixin(MachineBase):
             ctx.pass_fds.append(fd)
             ctx.add(*slot.nic.qemu_args(fd, index=slot.index))
 
-    def _ensure_namespace(self) -> None:
-        """Create the machine's namespace unless it exists (then it is not ours to remove)."""
+    def _ensure_namespace(self, *, adopt: bool = True) -> None:
+        """Create the machine's namespace.
+
+        At launch an existing namespace of that name is refused: it may belong
+        to something else, and the machine would remove it on stop. A running
+        machine (``adopt=True``, e.g. re-attached) uses an existing one without
+        taking ownership.
+        """
+        from vmanager.errors import NetworkError
         from vmanager.net import Namespace
         from vmanager.net._netlink import netns_exists
-        if self._namespace is not None or netns_exists(self.namespace):
+        if self._namespace is not None:
             return
+        if netns_exists(self.namespace):
+            if adopt:
+                return
+            raise NetworkError(f"network namespace {self.namespace!r} already exists; machine "
+                               f"{self.name!r} makes its own namespace of that name (remove the "
+                               "old one, e.g. left by a crashed run, or rename the machine)")
         ns = Namespace(self.namespace)
         ns.create()
         self._namespace = ns
