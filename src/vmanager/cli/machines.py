@@ -16,7 +16,8 @@ from typing import Any
 from vmanager import state
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import ConfigError, StateError
-from vmanager.state import PersistentMachine, records
+from vmanager.state import records
+from vmanager.state.persist import PersistentMachine
 
 #: Ctrl-] leaves ``vmanager console``, as in telnet and virsh.
 ESCAPE = b"\x1d"

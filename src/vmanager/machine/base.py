@@ -81,6 +81,9 @@ class MachineBase:
                              f"it must be {wanted}", state=self.state, required=states)
 
     # -- hooks the mixins override (each must call super()) ---------------------------
+    def _before_launch(self) -> None:
+        """Runs first in start_vm(), before the run directory is touched (locks, records)."""
+
     def _prepare_launch(self, ctx: LaunchContext) -> None:
         """Add QEMU arguments and fds; register undo steps on ``ctx.stack``."""
 

@@ -30,6 +30,7 @@ from vmanager.qemu import accel as _accel
 from vmanager.qemu import launch
 from vmanager.qemu.chardev import Console, ExecResult, Shell
 from vmanager.qemu.qmp import Monitor
+from vmanager.state.mixin import PersistMixin
 
 if TYPE_CHECKING:
     from vmanager.net import VirtualNic
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
 _log = logging.getLogger("vmanager.machine")
 
 
-class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
+class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
     """A QEMU/KVM virtual machine.
 
     Arguments keep the seed's meaning: ``harddrives`` takes one
@@ -111,6 +112,7 @@ class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
         self._shell = Shell(self._shell_console)
         self._monitor: Monitor | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._owns_run_dir = False
         self.argv: list[str] = []
         self.started_at: float | None = None
         self._init_storage(harddrives, cd)
@@ -158,6 +160,9 @@ class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
         QEMU is missing, :class:`QemuStartError` (with QEMU's log tail) when QEMU
         exits or does not answer; nothing is left behind on failure.
         """
+        if self._detached:
+            raise StateError(f"machine {self.name!r} was detached from this process; "
+                             "attach to it instead", state="detached")
         if self.is_alive():
             raise StateError(f"machine {self.name!r} is already running (pid {self.pid})",
                              state=self.state, required=State.DEFINED)
@@ -165,20 +170,22 @@ class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
             self._cleanup()
         qemu = launch.find_qemu(self.qemu_binary)
         self.accel = _accel.choose(self.accel_requested, qemu)
-        self.log.info("starting with %s", self.accel)
         run_dir = self.run_dir
-        paths.private_dir(run_dir.parent)
-        other = launch.owner_pid(run_dir)
-        if other is not None:
-            raise StateError(f"machine {self.name!r} is already running as pid {other} "
-                             "(started elsewhere; Machine.attach() reaches it)",
-                             state=State.RUNNING, required=State.DEFINED)
-        if run_dir.exists():
-            shutil.rmtree(run_dir)
-        paths.private_dir(run_dir)
         ctx = LaunchContext(run_dir=run_dir, accel=self.accel)
         listeners = []
         try:
+            self._before_launch()
+            paths.private_dir(run_dir.parent)
+            other = launch.owner_pid(run_dir)
+            if other is not None:
+                raise StateError(f"machine {self.name!r} is already running as pid {other} "
+                                 "(started elsewhere; Machine.attach() reaches it)",
+                                 state=State.RUNNING, required=State.DEFINED)
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            paths.private_dir(run_dir)
+            self._owns_run_dir = True
+            self.log.info("starting with %s", self.accel)
             with ctx.stack:
                 qmp_l = launch.listen_unix(run_dir / "qmp.sock")
                 con_l = launch.listen_unix(run_dir / "serial0.sock")
@@ -234,12 +241,14 @@ class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
     def _spawn(self, ctx: LaunchContext, listeners: list[Any], timeout: float) -> None:
         log_path = ctx.run_dir / "qemu.log"
         with log_path.open("wb") as logf:
+            os.chmod(log_path, 0o600)
             self.log.debug("argv: %s", ctx.argv)
             self.started_at = time.monotonic()
             try:
                 self._proc = subprocess.Popen(
                     ctx.argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    pass_fds=ctx.pass_fds, start_new_session=True, close_fds=True)
+                    pass_fds=ctx.pass_fds, start_new_session=True, close_fds=True,
+                    umask=0o077)
             except OSError as exc:
                 raise QemuStartError(f"{self.name}: could not execute {ctx.argv[0]}: {exc}",
                                      argv=ctx.argv) from exc
@@ -308,6 +317,8 @@ class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
             launch.kill_and_reap(proc)
 
     def _cleanup(self) -> None:
+        if self._detached:
+            return  # the run directory belongs to the running QEMU, not to us
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None
@@ -317,8 +328,29 @@ class Machine(NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
         try:
             self._teardown()
         finally:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+            # Only a run directory this object made (or attached to) is removed: a
+            # start refused because the name runs elsewhere must not touch it.
+            if self._owns_run_dir:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+                self._owns_run_dir = False
             self.state = State.DEFINED
+
+    @classmethod
+    def attach(cls, name: str, *, timeout: float = 10.0) -> Machine:
+        """Reattach to machine ``name`` started by this or another process.
+
+        QMP, consoles (with the serial history), the guest shell and screen work
+        again. Raises :class:`NotFoundError` for an unknown machine and
+        :class:`~vmanager.state.StaleRecordError` when its QEMU is gone or its pid
+        was reused (never signalled).
+        """
+        from vmanager.state.persist import attach
+        return attach(name, timeout=timeout)
+
+    def detach(self) -> None:
+        """Let go of the machine and leave it running; :meth:`attach` reaches it again."""
+        from vmanager.state.persist import detach
+        detach(self)
 
     def freeze(self) -> None:
         """Pause the guest's CPUs (QMP ``stop``)."""

@@ -8,17 +8,10 @@
     run_dir()/machines/NAME/         qmp.sock, serial0.sock/.log, shell.sock, qemu.pid, qemu.log
 """
 
+from typing import Any
+
 from vmanager.state._lock import FileLock, lock_path, locked
-from vmanager.state.persist import (
-    PersistentMachine,
-    PersistMixin,
-    attach,
-    build_machine,
-    definition_of,
-    detach,
-    machine_kwargs,
-    session_lock,
-)
+from vmanager.state.mixin import PersistMixin, definition_of, session_lock
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
 from vmanager.state.records import (
     MachineRecord,
@@ -33,6 +26,17 @@ from vmanager.state.records import (
     status,
     statuses,
 )
+
+_PERSIST = ("PersistentMachine", "attach", "build_machine", "detach", "machine_kwargs")
+
+
+def __getattr__(name: str) -> Any:
+    # persist imports the Machine, which imports this package: load it on first use.
+    if name in _PERSIST:
+        from vmanager.state import persist
+        return getattr(persist, name)
+    raise AttributeError(f"module 'vmanager.state' has no attribute {name!r}")
+
 
 __all__ = [
     "AdoptedProcess", "FileLock", "Liveness", "MachineRecord", "MachineStatus",

@@ -16,49 +16,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vmanager import paths
-from vmanager.errors import HostError, QemuError, StateError, VmanagerError
+from vmanager.errors import HostError, QemuError, VmanagerError
 from vmanager.machine import Machine, State
-from vmanager.machine.base import MachineBase
 from vmanager.qemu import launch
 from vmanager.qemu.chardev import Shell
 from vmanager.qemu.qmp import Monitor
 from vmanager.state import records
-from vmanager.state._lock import FileLock, lock_path
+from vmanager.state.mixin import session_lock
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
-from vmanager.state.records import MachineRecord, Runtime, StaleRecordError
+from vmanager.state.records import MachineRecord, StaleRecordError
 
 _log = logging.getLogger(__name__)
-
-
-def session_lock(name: str) -> FileLock:
-    """The lock held by whichever process is connected to machine ``name``."""
-    return FileLock(lock_path("session", name),
-                    what=f"machine {name!r} (its monitor and consoles)")
-
-
-def definition_of(machine: Machine) -> dict[str, Any]:
-    """A JSON-able definition that rebuilds ``machine`` with :func:`build_machine`."""
-    definition: dict[str, Any] = {
-        "memory": machine.memory, "cpus": machine.cpus, "accel": machine.accel_requested,
-        "cpu_model": machine.cpu_model, "machine_type": machine.machine_type,
-        "kernel": str(machine.kernel) if machine.kernel else None,
-        "initrd": str(machine.initrd) if machine.initrd else None,
-        "append": machine.append, "extra_args": list(machine.extra_args),
-        "qemu_binary": machine.qemu_binary,
-        "disks": [{"path": str(d.path), "format": d.format, "interface": d.interface}
-                  for d in machine.harddrives],
-        "cd": str(machine.cd.path) if machine.cd is not None else None,
-        "nics": getattr(machine, "_nic_count", 0),
-    }
-    return definition
 
 
 def machine_kwargs(name: str, definition: Mapping[str, Any], *,
@@ -100,140 +74,8 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
     return kw
 
 
-class PersistMixin(MachineBase):
-    """Keeps the machine's record in the state directory while QEMU runs.
-
-    Hooks: ``_before_launch`` (takes the machine's lock and refuses a name whose
-    QEMU already runs, before the run directory is touched), ``_after_launch``
-    (writes the record, takes the session lock) and ``_teardown``.
-    """
-
-    _launch_lock: FileLock | None = None
-    _session: FileLock | None = None
-    _recorded_pid: int | None = None
-    _detached: bool = False
-    _owned_netns: str | None = None
-
-    def _before_launch(self) -> None:
-        lock = self._launch_lock or FileLock(lock_path("machine", self.name),
-                                             what=f"machine {self.name!r}")
-        lock.acquire(30.0)
-        self._launch_lock = lock
-        try:
-            record = records.find(self.name)
-            if record is not None:
-                state = records.liveness(record)
-                if state is Liveness.RUNNING:
-                    assert record.runtime is not None
-                    raise StateError(f"machine {self.name!r} is already running (pid "
-                                     f"{record.runtime.pid}, started by process "
-                                     f"{record.runtime.owner_pid})", state=State.RUNNING,
-                                     required=State.DEFINED)
-                if state is not None:
-                    st = records.MachineStatus(record, state)
-                    _log.warning("machine %s: replacing a stale record (%s); its pid is "
-                                 "left alone", self.name, st.detail)
-            session = session_lock(self.name)
-            session.acquire(0)
-            self._session = session
-        except BaseException:
-            self._release_locks()
-            raise
-
-    def _after_launch(self) -> None:
-        super()._after_launch()
-        pid = getattr(self, "pid", None)
-        try:
-            if pid is None:
-                raise HostError(f"machine {self.name!r}: QEMU has no pid after start")
-            identity = ProcessIdentity.of(pid)
-            runtime = Runtime(pid=pid, starttime=identity.starttime, argv=identity.argv,
-                              run_dir=str(self.run_dir), accel=str(getattr(self, "accel", "")),
-                              started=time.time(), owner_pid=os.getpid())
-            existing = records.find(self.name)
-            if existing is None:
-                assert isinstance(self, Machine)
-                existing = MachineRecord(self.name, definition=definition_of(self))
-            records.save(replace(existing, runtime=runtime))
-            self._recorded_pid = pid
-        except BaseException:
-            self._release_launch_lock()
-            raise
-        self._release_launch_lock()
-
-    def _teardown(self) -> None:
-        try:
-            super()._teardown()
-        finally:
-            try:
-                self._forget_record()
-                if self._owned_netns is not None:
-                    from vmanager.state import _net
-                    _net.remove_namespace(self._owned_netns)
-                    self._owned_netns = None
-            finally:
-                self._release_locks()
-
-    def _forget_record(self) -> None:
-        pid, self._recorded_pid = self._recorded_pid, None
-        if pid is None:
-            return
-        held = self._launch_lock is not None and self._launch_lock.held
-        lock = None if held else FileLock(lock_path("machine", self.name),
-                                          what=f"machine {self.name!r}").acquire(30.0)
-        try:
-            record = records.find(self.name)
-            if record is None or record.runtime is None or record.runtime.pid != pid:
-                return  # somebody else's run by now
-            if record.persistent:
-                records.save(replace(record, runtime=None))
-            else:
-                records.delete(self.name)
-        finally:
-            if lock is not None:
-                lock.release()
-
-    def _release_launch_lock(self) -> None:
-        lock, self._launch_lock = self._launch_lock, None
-        if lock is not None:
-            lock.release()
-
-    def _release_locks(self) -> None:
-        self._release_launch_lock()
-        session, self._session = self._session, None
-        if session is not None:
-            session.release()
-
-
-class PersistentMachine(PersistMixin, Machine):
-    """A :class:`Machine` that keeps a record, can be attached to and detached from.
-
-    Until the core calls ``_before_launch`` itself and has :class:`PersistMixin`
-    among its bases, this subclass does both.
-    """
-
-    def start_vm(self, *, timeout: float = 30.0) -> None:
-        """Start QEMU (see :meth:`Machine.start_vm`) and write the machine's record."""
-        if self._detached:
-            raise StateError(f"machine {self.name!r} was detached from this process; "
-                             "attach to it instead", state="detached")
-        if not self.is_alive():
-            self._before_launch()
-        super().start_vm(timeout=timeout)
-
-    def _cleanup(self) -> None:
-        if self._detached:
-            return  # the run directory belongs to the running QEMU, not to us
-        super()._cleanup()
-
-    @classmethod
-    def attach(cls, name: str, *, timeout: float = 10.0) -> PersistentMachine:
-        """Attach to the running machine ``name``; see :func:`attach`."""
-        return attach(name, timeout=timeout)
-
-    def detach(self) -> None:
-        """Let the machine go on running without this process; see :func:`detach`."""
-        detach(self)
+#: Every :class:`Machine` keeps a record now; the old name stays for callers.
+PersistentMachine = Machine
 
 
 def build_machine(record: MachineRecord, *, for_attach: bool = False) -> PersistentMachine:
@@ -256,6 +98,7 @@ def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
         StateError: not running, or busy in another process.
         StaleRecordError: its QEMU is gone or its pid was reused (never signalled).
     """
+    _recover_unrecorded(name)
     records.require_running(name)
     session = session_lock(name)
     session.acquire(timeout)
@@ -278,6 +121,7 @@ def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
             machine = PersistentMachine(name)
         run_dir = Path(runtime.run_dir)
         machine.run_dir = run_dir
+        machine._owns_run_dir = True  # stop()/kill() from here remove it
         try:
             history = (run_dir / "serial0.log").read_bytes()
         except OSError:
@@ -320,15 +164,38 @@ def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
         raise
 
 
+def _recover_unrecorded(name: str) -> None:
+    """Record a QEMU whose manager died before it wrote the machine's record.
+
+    The run directory's pidfile is believed only when that process's argv names
+    the run directory (:func:`launch.owner_pid`), so nothing else is adopted.
+    """
+    if records.find(name) is not None:
+        return
+    run_dir = run_dir_of(name)
+    pid = launch.owner_pid(run_dir)
+    if pid is None:
+        return
+    from vmanager.state._lock import locked
+    from vmanager.state.records import Runtime
+    with locked("machine", name, timeout=30.0):
+        if records.find(name) is not None:
+            return
+        identity = ProcessIdentity.of(pid)
+        accel = "kvm" if any("accel=kvm" in a for a in identity.argv) else "tcg"
+        runtime = Runtime(pid=pid, starttime=identity.starttime, argv=identity.argv,
+                          run_dir=str(run_dir), accel=accel, started=time.time(), owner_pid=0)
+        records.save(MachineRecord(name, runtime=runtime))
+    _log.warning("machine %s: adopted QEMU pid %d, which runs without a record (the process "
+                 "that started it died first)", name, pid)
+
+
 def detach(machine: Machine) -> None:
     """Disconnect from a running machine and leave it running, its record in place.
 
     Afterwards ``machine`` is inert: ``stop()`` and ``kill()`` do nothing; use
     :func:`attach` (in any process) to control the machine again.
     """
-    if not isinstance(machine, PersistentMachine):
-        raise StateError(f"machine {machine.name!r} keeps no record; only a "
-                         "PersistentMachine can be detached")
     machine._require_state(State.RUNNING, State.PAUSED, action="detach")
     if machine._monitor is not None:
         machine._monitor.close()
