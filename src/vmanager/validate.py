@@ -6,7 +6,9 @@ naming what was wrong.
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 from vmanager.errors import ConfigError
 
@@ -106,3 +108,15 @@ def mac(value: object, *, what: str = "MAC address") -> str:
     if int(lowered[:2], 16) & 1:
         raise ConfigError(f"{what} {value!r} is a multicast address; a NIC needs a unicast one")
     return lowered
+
+
+def path(value: object, *, what: str = "path") -> Path:
+    """Check a file path: a non-empty str or PathLike without NUL bytes; return it absolute."""
+    if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
+        raise ConfigError(f"{what} must be a path, not {type(value).__name__}: {value!r}")
+    text = os.fspath(value)
+    if not isinstance(text, str) or not text:
+        raise ConfigError(f"{what} must be a non-empty path, got {value!r}")
+    if "\0" in text:
+        raise ConfigError(f"{what} {text!r} contains a NUL byte")
+    return Path(os.path.abspath(text))

@@ -123,7 +123,7 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
     def _existing_file(value: str | Path | None, what: str) -> Path | None:
         if value is None:
             return None
-        path = Path(value)
+        path = validate.path(value, what=what)
         if not path.is_file():
             raise NotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
         return path.resolve()

@@ -22,6 +22,7 @@ import weakref
 from pathlib import Path
 from types import TracebackType
 
+from vmanager import validate
 from vmanager.errors import CommandError, ConfigError, HostError, NotFoundError
 from vmanager.storage import _blockdev
 from vmanager.storage.qemu_img import StrPath
@@ -54,7 +55,7 @@ class CD:
         if interface not in _blockdev.CD_DEVICES:
             raise ConfigError(f"CD interface {interface!r} is not supported; use one of "
                               f"{', '.join(_blockdev.CD_DEVICES)}")
-        self.path = Path(os.path.abspath(path))
+        self.path = validate.path(path, what="ISO image path")
         if not self.path.exists():
             raise NotFoundError(f"ISO image {self.path} does not exist")
         if not self.path.is_file():

@@ -72,9 +72,7 @@ class Harddrive:
                  backing: StrPath | Harddrive | None = None, backing_format: str | None = None,
                  allowed_dirs: Iterable[StrPath] | None = None, readonly: bool = False,
                  interface: str = "virtio") -> None:
-        if not isinstance(path, str | os.PathLike) or not os.fspath(path):
-            raise ConfigError(f"disk image path must be a non-empty path, got {path!r}")
-        self.path = Path(os.path.abspath(path))
+        self.path = validate.path(path, what="disk image path")
         self.size = validate.size(size, what="disk size") if size is not None else None
         if format not in chain.SUPPORTED_FORMATS:
             raise ConfigError(f"disk format {format!r} is not supported; use one of "
