@@ -69,15 +69,32 @@ def _run_entries() -> set[str]:
         return set()
 
 
+def _device_nodes() -> set[str]:
+    """macvtap device nodes vmanager makes (its run dir, or /dev/vmanager on nodev mounts)."""
+    found = set()
+    for base in (Path(os.environ["VMANAGER_RUN_DIR"]) / "net", Path("/dev/vmanager")):
+        if base.is_dir():
+            found |= {str(p) for p in base.rglob("*") if p.is_char_device()}
+    return found
+
+
+def _temp_files() -> set[str]:
+    """vmanager's temporary files and directories in the system temp dir."""
+    tmp = Path(tempfile.gettempdir())
+    return {p.name for p in tmp.iterdir() if p.name.startswith(("vmanager-", ".vmanager"))}
+
+
 def snapshot_host() -> dict[str, set[Any]]:
-    """What a test could leak, as sets.
+    """What a test could leak, as sets (sockets live in the run directories).
 
     ``VMANAGER_TEST_SHARED_HOST=1`` skips namespaces and links, which cannot be
     told apart when several test runs share one host (development only; CI
     runs alone and checks everything).
     """
     found: dict[str, set[Any]] = {"QEMU/dnsmasq processes": _qemu_pids(),
-                                  "machine run directories": _run_entries()}
+                                  "machine run directories": _run_entries(),
+                                  "device nodes": _device_nodes(),
+                                  "temporary files": _temp_files()}
     if not os.environ.get("VMANAGER_TEST_SHARED_HOST"):
         found["network namespaces"] = _netns()
         found["host links"] = _links()
