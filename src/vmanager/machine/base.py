@@ -61,6 +61,16 @@ class MachineBase:
         """Run a QMP command on the running machine and return its result."""
         return self._require_monitor().execute(command, arguments, timeout=timeout)
 
+    # Declared here for the mixins; the Machine defines them.
+    def start_vm(self, *, timeout: float = 30.0) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def is_alive(self) -> bool:
+        raise NotImplementedError
+
     def execute(self, command: str, timeout: float = 60.0) -> ExecResult:
         raise NotImplementedError
 

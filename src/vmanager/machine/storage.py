@@ -632,16 +632,6 @@ class StorageMixin(MachineBase):
         from vmanager.machine import migration
         migration.restore(self, Path(path), timeout=timeout)
 
-    # -- used by the helper modules -------------------------------------------------
-    def start_vm(self, *, timeout: float = 30.0) -> None:
-        raise NotImplementedError
-
-    def kill(self) -> None:
-        raise NotImplementedError
-
-    def is_alive(self) -> bool:
-        raise NotImplementedError
-
 
 def _bootindex(order: list[str], device_id: str) -> int | None:
     return order.index(device_id) + 1 if device_id in order else None
