@@ -137,5 +137,5 @@ def test_backing_file_outside_allowed_dirs_is_refused(tmp_path: Path) -> None:
                     "1M"], check=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
                     str(outside / "secret.qcow2"), str(inside / "evil.qcow2")], check=True)
-    with pytest.raises(VmanagerError, match="secret.qcow2"):
+    with pytest.raises(VmanagerError, match=r"secret\.qcow2"):
         Harddrive(inside / "evil.qcow2").qemu_args(0)
