@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import host
 from bench.context import Context
 from bench.core import Row, Skip, table
+from vmanager.guests import TinyGuest
 
 Bench = Callable[[Context], list[Row]]
 
