@@ -8,12 +8,16 @@ chained with ``from`` so the cause stays visible::
      ├── ConfigError            bad input: a name, size, path or option
      │    └── LabFileError      a lab file that does not validate
      ├── StateError             a call that is not legal in the current state
+     │    └── StaleRecordError  a record's QEMU is gone or its pid reused (vmanager.state)
      ├── NotFoundError          a machine, snapshot, file or link that is not there
      ├── HostError              the host lacks something or refused (binary, permission, errno)
      │    └── CommandError      a host command failed (argv, status, output)
      ├── NetworkError           netlink, bridge, namespace or router trouble
      │    └── LinkError         a netlink operation on a link (vmanager.net.errors)
      ├── StorageError           qemu-img, images, snapshots on disk
+     │    ├── QemuImgError      qemu-img failed (also a CommandError; vmanager.storage)
+     │    └── BackingEscapeError  a backing file outside the allowed directories
+     ├── RecordError            a machine or lab record that cannot be read (vmanager.state)
      ├── QemuError              the QEMU process
      │    ├── QemuStartError    QEMU died or never answered while starting (log tail)
      │    └── QMPError          a monitor command failed (command, class, description)

@@ -543,7 +543,8 @@ class StorageMixin(MachineBase):
     def balloon(self, mib: int) -> MemoryInfo:
         """Let the guest use only ``mib`` MiB (virtio balloon); grow back up to the total.
 
-        Waits up to ``timeout`` for the guest's balloon driver to get there.
+        Waits up to 30 s for the guest's balloon driver to get there, then returns
+        the reading (check ``balloon`` in it).
         Raises :class:`ConfigError` when ``mib`` exceeds the plugged total.
         """
         from vmanager.machine import _memory

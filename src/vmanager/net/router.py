@@ -85,10 +85,13 @@ class Router(Resource):
         subnet: LAN subnet in NAT mode (default: a /24 in 10/8 derived from the name);
             the router takes its first address.
         trunk_address: the router's address on the trunk network in NAT mode (CIDR,
-            required there), ``gateway`` the next hop for its default route.
-        dhcp, dns: serve DHCP / DNS on the LAN with dnsmasq (NAT mode; default on).
+            required there).
+        gateway: the next hop for its default route in NAT mode (on the trunk network).
+        dhcp: serve DHCP on the LAN with dnsmasq (NAT mode; default on).
+        dns: serve DNS on the LAN with dnsmasq (NAT mode; default on).
         upstream_dns: servers dnsmasq forwards to (default: none, it answers only
             the LAN's own names: ``router.<domain>`` and DHCP clients).
+        domain: the LAN's DNS domain (default ``lan``).
 
     >>> with Router("r1", trunk="eth1", mode="nat", trunk_address="192.0.2.9/24",
     ...             gateway="192.0.2.1") as r, Switch("sw") as sw:   # doctest: +SKIP
