@@ -267,7 +267,11 @@ def start_lab_machine(record: MachineRecord) -> PersistentMachine:
         for index, n in enumerate(nic_specs):
             nic = VirtualNic(namespace=record.name, mac=n.get("mac") or
                              stable_mac(record.name, index), mode=n.get("mode", "macvtap"),
-                             model=n.get("model", "virtio-net-pci")).create()
+                             model=n.get("model", "virtio-net-pci"))
+            # The kernel tears a removed namespace down asynchronously: the host end
+            # of the previous run's veth can still be there for a moment.
+            _net.remove_link(nic.port)
+            nic.create()
             made.append(nic)
             nics.append(nic)
             if n.get("switch"):

@@ -23,9 +23,15 @@ def namespace_exists(name: str) -> bool:
 
 
 def remove_namespace(name: str) -> None:
-    """Remove network namespace ``name`` (with every link inside); nothing if absent."""
+    """Remove network namespace ``name`` (with every link inside); nothing if absent.
+
+    The macvtap device nodes made for NICs in it (``<name>.<tap>``) go too.
+    """
     if namespace_exists(name):
         Namespace(name)._remove()
+    from vmanager.net.nic import _device_dir
+    for node in _device_dir().glob(f"{name}.*"):
+        node.unlink(missing_ok=True)
 
 
 def link_exists(ifname: str, netns: str | None = None) -> bool:
