@@ -77,7 +77,8 @@ def kvm_usable(qemu: str) -> bool:
 
 
 def _probe(qemu: str) -> bool:
-    with tempfile.NamedTemporaryFile(prefix="vmanager-probe-", suffix=".rom") as rom:
+    directory = paths.private_dir(paths.run_dir())
+    with tempfile.NamedTemporaryFile(prefix=".probe-", suffix=".rom", dir=directory) as rom:
         rom.write(probe_rom())
         rom.flush()
         argv = [qemu, "-accel", "kvm", "-machine", "pc", "-nodefaults", "-no-user-config",
