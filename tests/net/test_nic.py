@@ -122,7 +122,7 @@ def test_failure_halfway_rolls_back(name: Any, netns: Any, monkeypatch: Any) -> 
     ns = netns()
     nic = VirtualNic(name("vn"), namespace=ns)
 
-    def broken(_undo: object) -> None:
+    def broken(*_args: object) -> None:
         raise HostError("simulated failure after the links were made")
 
     monkeypatch.setattr(nic, "_make_device_node", broken)

@@ -1,7 +1,9 @@
 """The one place that talks to pyroute2: sockets per namespace and error mapping.
 
-Every request names its namespace; the calling thread never changes namespace
-(pyroute2 opens a namespace's netlink socket in a short forked child).
+Every request names its namespace; the calling thread never changes namespace:
+a namespace's netlink socket is created by a short-lived helper thread that
+entered it (:mod:`vmanager.net._nsthread`) and handed to pyroute2 by descriptor,
+instead of pyroute2's own way, which forks a child per socket.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vmanager import validate
 from vmanager.errors import ConfigError, NetworkError, NotFoundError
+from vmanager.net._nsthread import netlink_socket
 from vmanager.net.errors import LinkError
 
 NETNS_DIR = "/run/netns"
@@ -49,8 +52,20 @@ def rtnl(netns: str | None = None) -> Iterator[Any]:
         raise NotFoundError(f"network namespace {netns!r} does not exist "
                             f"(no {netns_path(netns)})")
     try:
-        # flags=0: never let pyroute2 create a namespace behind our back.
-        ipr = IPRoute(netns=netns, flags=0) if netns is not None else IPRoute()
+        # groups=0: no multicast events pile up on a socket used for requests only
+        if netns is None:
+            ipr = IPRoute(groups=0)
+        else:
+            sock = netlink_socket(netns_path(netns))
+            try:
+                ipr = IPRoute(fileno=sock.fileno(), groups=0)
+            except BaseException:
+                sock.close()
+                raise
+            sock.detach()  # the IPRoute owns the descriptor now
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"network namespace {netns!r} does not exist "
+                            f"(no {netns_path(str(netns))})") from exc
     except (NetlinkError, OSError, RuntimeError, TimeoutError) as exc:
         where = f"namespace {netns!r}" if netns else "the host namespace"
         raise NetworkError(f"cannot open a netlink socket in {where}: {exc}") from exc

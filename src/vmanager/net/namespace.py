@@ -1,4 +1,9 @@
-"""Named network namespaces (``/run/netns/NAME``, the iproute2 convention)."""
+"""Named network namespaces (``/run/netns/NAME``, the iproute2 convention).
+
+Made in-process like ``ip netns add`` (a helper thread unshares and the result is
+bind-mounted, :func:`vmanager.net._nsthread.create_netns`); removing one unmounts
+and unlinks it, and the kernel then deletes every link inside asynchronously.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pyroute2 import netns as _pyroute2_netns
 
 from vmanager.errors import ConfigError, NetworkError
 from vmanager.net._netlink import check_netns_name, netns_exists, netns_path
+from vmanager.net._nsthread import create_netns
 from vmanager.net._resource import Resource, UndoStack
 
 log = logging.getLogger(__name__)
@@ -59,10 +65,10 @@ class Namespace(Resource):
         if self.exists:
             raise ConfigError(f"network namespace {self.name!r} already exists")
         try:
-            _pyroute2_netns.create(self.name)
-        except Exception as exc:
-            # pyroute2 may have left the mount point file behind
-            self._remove()
+            create_netns(self.path)
+        except FileExistsError as exc:
+            raise ConfigError(f"network namespace {self.name!r} already exists") from exc
+        except OSError as exc:
             raise NetworkError(f"cannot create network namespace {self.name!r}: "
                                f"{exc}") from exc
         undo.push(f"remove namespace {self.name}", self._remove)

@@ -24,6 +24,7 @@ Without ``namespace`` everything lives in the host namespace.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import logging
@@ -32,6 +33,8 @@ import stat
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+from pyroute2.netlink.exceptions import NetlinkError
 
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, HostError, NetworkError
@@ -45,6 +48,7 @@ from vmanager.net._netlink import (
     rtnl,
 )
 from vmanager.net._nsexec import read_file, tun_open
+from vmanager.net._nsthread import Unsupported, read_sysfs
 from vmanager.net._resource import Resource, UndoStack
 
 if TYPE_CHECKING:
@@ -178,46 +182,69 @@ class VirtualNic(Resource):
 
     def _build(self, undo: UndoStack) -> None:
         ns = self.namespace
-        inner = [self.sink, self.device] + ([self.name + "b"] if self.mode == "tap" else [])
         with rtnl() as host, rtnl(ns) as ipr:
-            require_absent(host, self.port, None)
-            for name in inner:
-                require_absent(ipr, name, ns)
-            self._add_veth(host, undo)
+            if self.mode == "tap":
+                # TUNSETIFF would silently attach to an existing tap: check first
+                require_absent(host, self.port, None)
+                for name in (self.sink, self.device, self.name + "b"):
+                    require_absent(ipr, name, ns)
+            self._add_veth(host, ipr, undo)
+            sink = require(ipr, self.sink, ns)
+            with kernel_call("set up", self.sink, ns):
+                ipr.link("set", index=sink, state="up")
             if self.mode == "macvtap":
-                self._add_macvtap(ipr, undo)
+                device = self._add_macvtap(ipr, sink)
             else:
                 self._add_tap(ipr, undo)
-            for name in (self.sink, self.device):
-                with kernel_call("set up", name, ns):
-                    ipr.link("set", index=require(ipr, name, ns), state="up")
+                device = require(ipr, self.device, ns)
+                with kernel_call("set up", self.device, ns):
+                    ipr.link("set", index=device, state="up")
             with kernel_call("set up", self.port, None):
                 host.link("set", index=require(host, self.port, None), state="up")
         if self.mode == "macvtap":
-            self._make_device_node(undo)
+            self._make_device_node(device, undo)
         log.info("created %r", self)
 
-    def _add_veth(self, host: Any, undo: UndoStack) -> None:
+    def _name_taken(self, host: Any, ipr: Any, names: tuple[str, ...]) -> None:
+        """After EEXIST: the :class:`ConfigError` naming what exists already."""
+        if self.port in names:
+            require_absent(host, self.port, None)
+        for name in names:
+            if name != self.port:
+                require_absent(ipr, name, self.namespace)
+
+    def _add_veth(self, host: Any, ipr: Any, undo: UndoStack) -> None:
         peer: dict[str, object] = {"ifname": self.sink}
         nsfd = os.open(netns_path(self.namespace), os.O_RDONLY) if self.namespace else None
         try:
             if nsfd is not None:
                 peer["net_ns_fd"] = nsfd
-            with kernel_call("add veth", self.port, None):
+            try:
                 host.link("add", ifname=self.port, kind="veth", peer=peer)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    self._name_taken(host, ipr, (self.port, self.sink))
+                with kernel_call("add veth", self.port, None):
+                    raise
         finally:
             if nsfd is not None:
                 os.close(nsfd)
-        # deleting one end of a veth deletes both
+        # Deleting one end of a veth deletes both, and with the sink its macvtap, in
+        # one request: each delete waits ~20 ms for the kernel (RCU), so one, not two.
         undo.push(f"delete veth {self.port}", lambda: delete_link(self.port, None))
 
-    def _add_macvtap(self, ipr: Any, undo: UndoStack) -> None:
+    def _add_macvtap(self, ipr: Any, sink: int) -> int:
+        """Add the macvtap on ``sink``, up; its ifindex. The veth's undo step removes it."""
         ns = self.namespace
-        sink = require(ipr, self.sink, ns)
-        with kernel_call("add macvtap", self.device, ns):
+        try:
             ipr.link("add", ifname=self.device, kind="macvtap", link=sink,
-                     macvtap_mode="passthru", address=self.mac)
-        undo.push(f"delete macvtap {self.device}", lambda: delete_link(self.device, ns))
+                     macvtap_mode="passthru", address=self.mac, state="up")
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                self._name_taken(ipr, ipr, (self.device,))
+            with kernel_call("add macvtap", self.device, ns):
+                raise
+        return require(ipr, self.device, ns)
 
     def _add_tap(self, ipr: Any, undo: UndoStack) -> None:
         ns = self.namespace
@@ -239,23 +266,31 @@ class VirtualNic(Resource):
         with kernel_call("set up", bridge, ns):
             ipr.link("set", index=index, state="up")
 
-    def _read_dev_numbers(self) -> tuple[int, int]:
-        with rtnl(self.namespace) as ipr:
-            ifindex = require(ipr, self.device, self.namespace)
-        path = f"/sys/class/net/{self.device}/macvtap/tap{ifindex}/dev"
+    def _read_dev_numbers(self, ifindex: int) -> tuple[int, int]:
+        """The macvtap's ``dev`` numbers, from sysfs as the NIC's namespace shows it.
+
+        A macvtap's minor is assigned where it lives, so it is read there: through
+        a sysfs made inside the namespace by a helper thread (no process), or,
+        where the kernel lacks ``fsopen``, by the helper process.
+        """
+        relpath = f"class/net/{self.device}/macvtap/tap{ifindex}/dev"
+        path = "/sys/" + relpath
         try:
             if self.namespace is None:
                 text = Path(path).read_text()
             else:
-                text = read_file(self.namespace, path, sysfs=True).decode()
+                try:
+                    text = read_sysfs(netns_path(self.namespace), relpath).decode()
+                except Unsupported:
+                    text = read_file(self.namespace, path, sysfs=True).decode()
             major, minor = (int(part) for part in text.strip().split(":"))
         except (OSError, ValueError) as exc:
             raise HostError(f"cannot read the device numbers of macvtap {self.device!r} "
                             f"from {path}: {exc}") from exc
         return major, minor
 
-    def _make_device_node(self, undo: UndoStack) -> None:
-        major, minor = self._read_dev_numbers()
+    def _make_device_node(self, ifindex: int, undo: UndoStack) -> None:
+        major, minor = self._read_dev_numbers(ifindex)
         node = _device_dir() / f"{self.namespace or '-host'}.{self.device}"
         try:
             node.unlink(missing_ok=True)  # a stale node from a crashed run
