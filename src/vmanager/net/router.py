@@ -328,6 +328,9 @@ class Router(Resource):
         if self.dhcp:
             argv += [f"--dhcp-range={first},{last},{self.subnet.netmask},1h",
                      f"--dhcp-leasefile={rundir / 'leases'}", "--dhcp-authoritative",
+                     # The LAN is ours alone: probing each address with a ping before
+                     # offering it only costs seconds per client.
+                     "--no-ping",
                      f"--dhcp-option=option:router,{self.address.ip}"]
             if not self.dns:
                 argv += ["--dhcp-option=option:dns-server"]
