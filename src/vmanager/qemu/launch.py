@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from vmanager.errors import HostError
@@ -97,16 +96,6 @@ def pid_alive(pid: int) -> bool:
         return state not in (b"Z", b"X")
     except (OSError, IndexError):
         return False
-
-
-def wait_pid_gone(pid: int, timeout: float) -> bool:
-    """Poll until ``pid`` is gone (for processes this one did not start)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not pid_alive(pid):
-            return True
-        time.sleep(0.02)
-    return not pid_alive(pid)
 
 
 def owner_pid(run_dir: Path) -> int | None:

@@ -40,7 +40,6 @@ class Monitor:
         self._cond = threading.Condition()
         self._pump: concurrent.futures.Future[None] | None = None
         self._fd_lock = threading.Lock()
-        self._closed = False
 
     # -- connection ---------------------------------------------------------------
     def connect(self, address: str | socket.socket, *, timeout: float = 30.0) -> None:
@@ -60,19 +59,12 @@ class Monitor:
             raise QemuError(f"{self.name}: cannot connect to QMP: {exc}") from exc
         self._client = client
         self._pump = _aio.submit(self._pump_events(listener))
-        self._closed = False
 
     async def _pump_events(self, listener: EventListener) -> None:
         async for event in listener:
             with self._cond:
                 self._events.append(event)
                 self._cond.notify_all()
-
-    @property
-    def connected(self) -> bool:
-        """Whether a session is up."""
-        from qemu.qmp import Runstate
-        return self._client is not None and self._client.runstate == Runstate.RUNNING
 
     def close(self) -> None:
         """Disconnect; idempotent."""
