@@ -39,3 +39,13 @@ def legacy_drive(**opts: str) -> str:
     """A shell-quoted ``-drive key=value,...`` string; ``shlex.split`` gives its argv."""
     value = ",".join(f"{k}={v.replace(',', ',,')}" for k, v in opts.items())
     return f"-drive {shlex.quote(value)}"
+
+
+def attach(driver: str, *, interface: str, node: str, dev_id: str, bus: str | None,
+           bootindex: int | None) -> list[str]:
+    """The ``-device`` for a block node; a SCSI device brings its own controller."""
+    if interface == "scsi":
+        return [*scsi_controller(f"{dev_id}-scsi"),
+                *device(driver, drive=node, id=dev_id, bus=f"{dev_id}-scsi.0",
+                        bootindex=bootindex)]
+    return device(driver, drive=node, id=dev_id, bus=bus, bootindex=bootindex)

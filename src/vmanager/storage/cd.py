@@ -120,13 +120,8 @@ class CD:
         args += _blockdev.blockdev({"driver": "raw", "file": f"{node}-file",
                                     "node-name": node, "read-only": True})
         driver = _blockdev.CD_DEVICES[self.interface]
-        if self.interface == "scsi":
-            args += _blockdev.scsi_controller(f"{dev_id}-scsi")
-            args += _blockdev.device(driver, drive=node, id=dev_id, bus=f"{dev_id}-scsi.0",
-                                     bootindex=bootindex)
-        else:
-            args += _blockdev.device(driver, drive=node, id=dev_id, bus=bus,
-                                     bootindex=bootindex)
+        args += _blockdev.attach(driver, interface=self.interface, node=node, dev_id=dev_id,
+                                 bus=bus, bootindex=bootindex)
         return args
 
     @property

@@ -388,13 +388,8 @@ class Harddrive:
             args += _blockdev.blockdev(fmt_node)
         driver = _blockdev.DISK_DEVICES[self.interface]
         dev_id = self.device_id(index)
-        if self.interface == "scsi":
-            args += _blockdev.scsi_controller(f"{dev_id}-scsi")
-            args += _blockdev.device(driver, drive=node, id=dev_id, bus=f"{dev_id}-scsi.0",
-                                     bootindex=bootindex)
-        else:
-            args += _blockdev.device(driver, drive=node, id=dev_id, bus=bus,
-                                     bootindex=bootindex)
+        args += _blockdev.attach(driver, interface=self.interface, node=node, dev_id=dev_id,
+                                 bus=bus, bootindex=bootindex)
         return args
 
     @property

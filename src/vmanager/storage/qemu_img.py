@@ -226,6 +226,15 @@ def run_json(args: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
                            stdout=proc.stdout, stderr=proc.stderr) from exc
 
 
+def _info_args(path: StrPath, fmt: str | None, force_share: bool, *extra: str) -> list[str]:
+    args = ["info", "--output=json", *extra]
+    if fmt:
+        args += ["-f", fmt]
+    if force_share:
+        args.append("-U")
+    return [*args, "--", os.fspath(path)]
+
+
 def info(path: StrPath, *, fmt: str | None, force_share: bool = True,
          timeout: float = PROBE_TIMEOUT, limits: Limits | None = PROBE_LIMITS) -> ImageInfo:
     """``qemu-img info`` of one image, without opening its backing files.
@@ -234,13 +243,7 @@ def info(path: StrPath, *, fmt: str | None, force_share: bool = True,
     image lets a raw image pretend to be qcow2. ``force_share`` (``-U``) reads an
     image that a running QEMU holds locked. Runs under ``limits``.
     """
-    args = ["info", "--output=json"]
-    if fmt:
-        args += ["-f", fmt]
-    if force_share:
-        args.append("-U")
-    args += ["--", os.fspath(path)]
-    data = run_json(args, timeout=timeout, limits=limits)
+    data = run_json(_info_args(path, fmt, force_share), timeout=timeout, limits=limits)
     if not isinstance(data, dict):
         raise StorageError(f"qemu-img info of {os.fspath(path)} did not return an object")
     return ImageInfo.from_json(data)
@@ -300,13 +303,8 @@ def info_chain(path: StrPath, *, fmt: str | None, force_share: bool = True,
     This lets qemu-img open every backing file the header names, so use it only
     on trusted images; :func:`vmanager.storage.chain.walk` checks each name first.
     """
-    args = ["info", "--output=json", "--backing-chain"]
-    if fmt:
-        args += ["-f", fmt]
-    if force_share:
-        args.append("-U")
-    args += ["--", os.fspath(path)]
-    data = run_json(args, timeout=timeout, limits=limits)
+    data = run_json(_info_args(path, fmt, force_share, "--backing-chain"), timeout=timeout,
+                    limits=limits)
     if not isinstance(data, list):
         raise StorageError(f"qemu-img info --backing-chain of {os.fspath(path)} "
                            "did not return a list")
