@@ -116,11 +116,8 @@ def delete_link(ifname: str, netns: str | None) -> None:
     if netns is not None and not netns_exists(netns):
         return
     with rtnl(netns) as ipr:
-        index = lookup(ipr, ifname)
-        if index is None:
-            return
         try:
-            ipr.link("del", index=index)
+            ipr.link("del", ifname=ifname)  # by name: one request
         except NetlinkError as exc:
             if exc.code == errno.ENODEV:
                 return

@@ -149,28 +149,40 @@ def _detached_sysfs() -> int:
         os.close(ctx)
 
 
-def read_sysfs(nspath: str, relpath: str, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
-    """Read ``/sys/<relpath>`` as the namespace at ``nspath`` sees it.
+def with_sysfs(nspath: str, task: Callable[[int], T], *,
+               timeout: float = DEFAULT_TIMEOUT) -> T:
+    """``task(fd)`` with ``fd`` a sysfs of the namespace at ``nspath``: paths
+    relative to it (``os.open(..., dir_fd=fd)``) are ``/sys`` as that namespace sees it.
 
     The sysfs is created in the namespace by the helper thread and mounted
-    nowhere: the file is opened relative to the mount's descriptor, which is
-    closed right after.
+    nowhere (so no mount namespace is touched); its descriptor is closed when
+    ``task`` returns.
 
     Raises:
         Unsupported: no ``fsopen`` here (the caller falls back to a helper process).
-        OSError: the file cannot be read.
+        OSError: whatever ``task`` raised, or the kernel refused.
     """
-    def read() -> bytes:
+    def run() -> T:
         mount = _detached_sysfs()
         try:
-            fd = os.open(relpath, os.O_RDONLY | os.O_CLOEXEC, dir_fd=mount)
-            try:
-                return os.read(fd, 4096)
-            finally:
-                os.close(fd)
+            return task(mount)
         finally:
             os.close(mount)
-    return run_in_netns(nspath, read, timeout=timeout)
+    return run_in_netns(nspath, run, timeout=timeout)
+
+
+def read_at(dir_fd: int, relpath: str) -> bytes:
+    """The content of a small file ``relpath`` under the directory ``dir_fd``."""
+    fd = os.open(relpath, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return os.read(fd, 4096)
+    finally:
+        os.close(fd)
+
+
+def read_sysfs(nspath: str, relpath: str, *, timeout: float = DEFAULT_TIMEOUT) -> bytes:
+    """Read ``/sys/<relpath>`` as the namespace at ``nspath`` sees it (see :func:`with_sysfs`)."""
+    return with_sysfs(nspath, lambda fd: read_at(fd, relpath), timeout=timeout)
 
 
 def _share_rundir(rundir: str) -> None:

@@ -48,7 +48,7 @@ from vmanager.net._netlink import (
     rtnl,
 )
 from vmanager.net._nsexec import read_file, tun_open
-from vmanager.net._nsthread import Unsupported, read_sysfs
+from vmanager.net._nsthread import Unsupported, read_at, with_sysfs
 from vmanager.net._resource import Resource, UndoStack
 
 if TYPE_CHECKING:
@@ -193,16 +193,13 @@ class VirtualNic(Resource):
             with kernel_call("set up", self.sink, ns):
                 ipr.link("set", index=sink, state="up")
             if self.mode == "macvtap":
-                device = self._add_macvtap(ipr, sink)
+                self._add_macvtap(ipr, sink)
             else:
                 self._add_tap(ipr, undo)
-                device = require(ipr, self.device, ns)
                 with kernel_call("set up", self.device, ns):
-                    ipr.link("set", index=device, state="up")
-            with kernel_call("set up", self.port, None):
-                host.link("set", index=require(host, self.port, None), state="up")
+                    ipr.link("set", index=require(ipr, self.device, ns), state="up")
         if self.mode == "macvtap":
-            self._make_device_node(device, undo)
+            self._make_device_node(undo)
         log.info("created %r", self)
 
     def _name_taken(self, host: Any, ipr: Any, names: tuple[str, ...]) -> None:
@@ -220,7 +217,8 @@ class VirtualNic(Resource):
             if nsfd is not None:
                 peer["net_ns_fd"] = nsfd
             try:
-                host.link("add", ifname=self.port, kind="veth", peer=peer)
+                # the port comes up with the veth; the sink is brought up in its namespace
+                host.link("add", ifname=self.port, kind="veth", peer=peer, state="up")
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
                     self._name_taken(host, ipr, (self.port, self.sink))
@@ -233,18 +231,16 @@ class VirtualNic(Resource):
         # one request: each delete waits ~20 ms for the kernel (RCU), so one, not two.
         undo.push(f"delete veth {self.port}", lambda: delete_link(self.port, None))
 
-    def _add_macvtap(self, ipr: Any, sink: int) -> int:
-        """Add the macvtap on ``sink``, up; its ifindex. The veth's undo step removes it."""
-        ns = self.namespace
+    def _add_macvtap(self, ipr: Any, sink: int) -> None:
+        """Add the macvtap on ``sink``, up. The veth's undo step removes it too."""
         try:
             ipr.link("add", ifname=self.device, kind="macvtap", link=sink,
                      macvtap_mode="passthru", address=self.mac, state="up")
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 self._name_taken(ipr, ipr, (self.device,))
-            with kernel_call("add macvtap", self.device, ns):
+            with kernel_call("add macvtap", self.device, self.namespace):
                 raise
-        return require(ipr, self.device, ns)
 
     def _add_tap(self, ipr: Any, undo: UndoStack) -> None:
         ns = self.namespace
@@ -266,31 +262,54 @@ class VirtualNic(Resource):
         with kernel_call("set up", bridge, ns):
             ipr.link("set", index=index, state="up")
 
-    def _read_dev_numbers(self, ifindex: int) -> tuple[int, int]:
+    def _read_dev_numbers(self) -> tuple[int, int]:
         """The macvtap's ``dev`` numbers, from sysfs as the NIC's namespace shows it.
 
-        A macvtap's minor is assigned where it lives, so it is read there: through
-        a sysfs made inside the namespace by a helper thread (no process), or,
-        where the kernel lacks ``fsopen``, by the helper process.
+        A macvtap's minor is assigned where it lives, so it is read there:
+        ``class/net/NAMEt/macvtap/`` holds one entry, ``tap<ifindex>``, whose
+        ``dev`` says ``major:minor``. Another namespace's sysfs is made by a helper
+        thread inside it (no process); where the kernel lacks ``fsopen``, the
+        helper process reads it.
         """
-        relpath = f"class/net/{self.device}/macvtap/tap{ifindex}/dev"
-        path = "/sys/" + relpath
+        base = f"class/net/{self.device}/macvtap"
+
+        def read(sysfs: int) -> str:
+            where = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=sysfs)
+            try:
+                entries = [e for e in os.listdir(where) if e.startswith("tap")]
+                if len(entries) != 1:
+                    raise ValueError(f"expected one tap<ifindex> entry, found {entries}")
+                return read_at(where, f"{entries[0]}/dev").decode()
+            finally:
+                os.close(where)
+
         try:
             if self.namespace is None:
-                text = Path(path).read_text()
+                sysfs = os.open("/sys", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    text = read(sysfs)
+                finally:
+                    os.close(sysfs)
             else:
                 try:
-                    text = read_sysfs(netns_path(self.namespace), relpath).decode()
+                    text = with_sysfs(netns_path(self.namespace), read)
                 except Unsupported:
-                    text = read_file(self.namespace, path, sysfs=True).decode()
+                    text = self._read_dev_numbers_by_process()
             major, minor = (int(part) for part in text.strip().split(":"))
         except (OSError, ValueError) as exc:
             raise HostError(f"cannot read the device numbers of macvtap {self.device!r} "
-                            f"from {path}: {exc}") from exc
+                            f"from /sys/{base}/tap*/dev: {exc}") from exc
         return major, minor
 
-    def _make_device_node(self, ifindex: int, undo: UndoStack) -> None:
-        major, minor = self._read_dev_numbers(ifindex)
+    def _read_dev_numbers_by_process(self) -> str:
+        assert self.namespace is not None
+        with rtnl(self.namespace) as ipr:
+            ifindex = require(ipr, self.device, self.namespace)
+        path = f"/sys/class/net/{self.device}/macvtap/tap{ifindex}/dev"
+        return read_file(self.namespace, path, sysfs=True).decode()
+
+    def _make_device_node(self, undo: UndoStack) -> None:
+        major, minor = self._read_dev_numbers()
         node = _device_dir() / f"{self.namespace or '-host'}.{self.device}"
         try:
             node.unlink(missing_ok=True)  # a stale node from a crashed run

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vmanager import validate
-from vmanager.errors import ConfigError, HostError, NetworkError
+from vmanager.errors import ConfigError, HostError, NetworkError, NotFoundError
 from vmanager.net._netlink import (
     attr,
     delete_link,
@@ -59,6 +59,17 @@ class SwitchPort:
     def is_trunk(self) -> bool:
         """Whether the port carries tagged VLANs."""
         return bool(self.vlans)
+
+
+def _get_link(ipr: Any, ifname: str) -> Any:
+    """The link message of ``ifname`` (one request), or ``None``."""
+    try:
+        return ipr.link("get", ifname=ifname)[0]
+    except NetlinkError as exc:
+        if exc.code == errno.ENODEV:
+            return None
+        with kernel_call("look up", ifname, None):
+            raise
 
 
 def _check_vid(vid: object) -> int:
@@ -271,12 +282,22 @@ class Switch(Resource):
             raise ConfigError(f"cannot connect switch {self.name!r} to itself")
         config = SwitchPort(ifname, access, tagged)
         with rtnl() as ipr:
-            index = require(ipr, ifname, None, what="port")
-            master = attr(ipr.link("get", index=index)[0], "IFLA_MASTER")
+            link = _get_link(ipr, ifname)
+            if link is None:
+                raise NotFoundError(f"port {ifname!r} does not exist")
+            index = int(link["index"])
+            master = attr(link, "IFLA_MASTER")
             if master:
                 owner = attr(ipr.link("get", index=master)[0], "IFLA_IFNAME")
                 raise ConfigError(f"{ifname!r} is already connected to {owner!r}")
             bridge = require(ipr, self.name, None)
+            if self.vlan_backend is None:
+                # nothing to set up in between: enslave and bring up in one request
+                with kernel_call(f"connect to switch {self.name}", ifname, None):
+                    ipr.link("set", index=index, master=bridge, state="up")
+                self._ports[ifname] = config
+                log.info("switch %s: connected %s", self.name, ifname)
+                return config
             with kernel_call(f"connect to switch {self.name}", ifname, None):
                 ipr.link("set", index=index, master=bridge)
             try:
@@ -324,24 +345,29 @@ class Switch(Resource):
             self._load_nft(self._ports)
         log.info("switch %s: disconnected %s", self.name, ifname)
 
-    def _release(self, ifname: str) -> None:
-        with rtnl() as ipr:
-            index = lookup(ipr, ifname)
-            bridge = lookup(ipr, self.name)
-            if index is None or bridge is None:
-                return  # the port or the bridge is gone: nothing is enslaved any more
-            if attr(ipr.link("get", index=index)[0], "IFLA_MASTER") != bridge:
-                return
-            with kernel_call(f"disconnect from switch {self.name}", ifname, None):
-                ipr.link("set", index=index, master=0)
+    def _release(self, ifname: str, ipr: Any = None) -> None:
+        if ipr is None:
+            with rtnl() as own:
+                self._release(ifname, own)
+            return
+        link = _get_link(ipr, ifname)
+        if link is None or not attr(link, "IFLA_MASTER"):
+            return  # the port is gone, or nothing enslaves it any more
+        if attr(link, "IFLA_MASTER") != lookup(ipr, self.name):
+            return
+        with kernel_call(f"disconnect from switch {self.name}", ifname, None):
+            ipr.link("set", index=link["index"], master=0)
 
     def _disconnect_all(self) -> None:
         failures = []
-        for ifname in list(self._ports):
-            del self._ports[ifname]
-            try:
-                self._release(ifname)
-            except NetworkError as exc:
-                failures.append(str(exc))
+        if not self._ports:
+            return
+        with rtnl() as ipr:
+            for ifname in list(self._ports):
+                del self._ports[ifname]
+                try:
+                    self._release(ifname, ipr)
+                except NetworkError as exc:
+                    failures.append(str(exc))
         if failures:
             raise NetworkError("; ".join(failures))
