@@ -1,13 +1,15 @@
 """Run work inside another network namespace without ever leaving ours.
 
-Each task runs in a fresh child process (``_nshelper.py``) that enters the
-namespace with ``setns(2)`` and then execs a program, reads or writes a file,
-or opens a tun device and sends its descriptor back over a socketpair.
+Programs run in a fresh child process (``_nshelper.py``) that enters the
+namespace with ``setns(2)`` and then execs them; files are read or written the
+same way. A tun device is opened by a helper thread instead (no process).
 """
 
 from __future__ import annotations
 
-import socket
+import fcntl
+import os
+import struct
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -16,6 +18,10 @@ from typing import Any
 
 from vmanager.errors import CommandError, HostError, NotFoundError
 from vmanager.net._netlink import netns_exists, netns_path
+from vmanager.net._nsthread import open_tun
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
 
 HELPER = str(Path(__file__).with_name("_nshelper.py"))
 _ENTER_FAILED = 111
@@ -76,27 +82,29 @@ def tun_open(netns: str, ifname: str, flags: int, *, persist: bool = False,
     """Attach to tun/tap ``ifname`` living in ``netns``; return the new fd (caller owns it).
 
     ``TUNSETIFF`` looks the device up in the namespace of whoever opened
-    ``/dev/net/tun``, so the open happens in the helper and the fd travels back
-    over a unix socketpair. ``persist=True`` creates the device (if missing) and
-    makes it outlive the descriptor.
+    ``/dev/net/tun``, so the open happens in a helper thread inside ``netns``
+    (:func:`vmanager.net._nsthread.open_tun`); the ioctls then work from here.
+    ``persist=True`` creates the device (if missing) and makes it outlive the
+    descriptor.
 
     Raises:
-        CommandError: the helper could not attach (e.g. the device is busy).
-        HostError: no descriptor came back.
+        NotFoundError: the namespace does not exist.
+        HostError: the device could not be opened or attached (e.g. it is busy).
     """
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with ours, theirs:
-        args = ["tun", str(theirs.fileno()), ifname, str(flags), "1" if persist else "0"]
-        _run_helper(netns, args,
-                    timeout=timeout, pass_fds=[theirs.fileno()])
-        ours.settimeout(timeout)
-        try:
-            _msg, fds, _flags, _addr = socket.recv_fds(ours, 16, 1)
-        except OSError as exc:
-            raise HostError(f"no tap descriptor came back for {ifname!r}: {exc}") from exc
-    if not fds:
-        raise HostError(f"no tap descriptor came back for {ifname!r}")
-    return fds[0]
+    _require(netns)
+    try:
+        fd = open_tun(netns_path(netns), timeout=timeout)
+    except OSError as exc:
+        raise HostError(f"cannot open /dev/net/tun in namespace {netns!r}: {exc}") from exc
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), flags))
+        if persist:
+            fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    except OSError as exc:
+        os.close(fd)
+        raise HostError(f"cannot attach to tap {ifname!r} in namespace {netns!r}: "
+                        f"{exc.strerror}") from exc
+    return fd
 
 
 def popen(argv: Sequence[str], *, netns: str | None, **kwargs: Any) -> subprocess.Popen[bytes]:
