@@ -228,8 +228,6 @@ def _build_runtime(base: TinyGuest, directory: Path,
             _build.extract(deb, tree)
 
         cpio = _build.Cpio()
-        # as on Debian: pyroute2 names namespaces under /var/run/netns, vmanager /run/netns
-        cpio.symlink("var/run", "../run")
         say("adding kernel modules")
         _add_modules(cpio, base, moddir)
         say("adding Python")

@@ -24,6 +24,7 @@ This replaces a forked process per task (pyroute2's ``IPRoute(netns=)`` and
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -227,3 +228,20 @@ def create_netns(nspath: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
             os.unlink(nspath)
             raise
     _in_thread(make, timeout=timeout)
+
+
+MNT_DETACH = 2
+
+
+def remove_netns(nspath: str) -> None:
+    """Unmount and unlink a named namespace (``ip netns del``); gone already is fine.
+
+    The kernel deletes the namespace (and every link in it) once nothing else
+    holds it. Raises :class:`OSError` when the kernel refuses.
+    """
+    if _libc.umount2(nspath.encode(), MNT_DETACH) < 0:
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOENT):  # EINVAL: not a mount point
+            raise OSError(err, f"umount {nspath}: {os.strerror(err)}")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(nspath)

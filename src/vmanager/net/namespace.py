@@ -8,12 +8,11 @@ and unlinks it, and the kernel then deletes every link inside asynchronously.
 from __future__ import annotations
 
 import logging
-
-from pyroute2 import netns as _pyroute2_netns
+import os
 
 from vmanager.errors import ConfigError, NetworkError
-from vmanager.net._netlink import check_netns_name, netns_exists, netns_path
-from vmanager.net._nsthread import create_netns
+from vmanager.net._netlink import NETNS_DIR, check_netns_name, netns_exists, netns_path
+from vmanager.net._nsthread import create_netns, remove_netns
 from vmanager.net._resource import Resource, UndoStack
 
 log = logging.getLogger(__name__)
@@ -21,7 +20,10 @@ log = logging.getLogger(__name__)
 
 def list_namespaces() -> list[str]:
     """The names under ``/run/netns``."""
-    return sorted(_pyroute2_netns.listnetns())
+    try:
+        return sorted(os.listdir(NETNS_DIR))
+    except FileNotFoundError:
+        return []
 
 
 class Namespace(Resource):
@@ -78,7 +80,7 @@ class Namespace(Resource):
         if not self.exists:
             return
         try:
-            _pyroute2_netns.remove(self.name)
+            remove_netns(netns_path(self.name))
         except OSError as exc:
             raise NetworkError(f"cannot remove network namespace {self.name!r}: "
                                f"{exc}") from exc
