@@ -74,7 +74,9 @@ export HOME=/root PATH=/bin:/sbin:/usr/bin:/usr/sbin
 echo "{BACKDOOR_HELLO}"
 while read -r id limit cmd; do
   [ -n "$id" ] || continue
-  printf '%s' "$cmd" | base64 -d > /tmp/.vm-cmd 2>/dev/null
+  base64 -d > /tmp/.vm-cmd 2>/dev/null <<END
+$cmd
+END
   (cd /root && exec sh /tmp/.vm-cmd) </dev/null >/tmp/.vm-out 2>/tmp/.vm-err &
   pid=$!
   (sleep "$limit" && kill -9 "$pid") >/dev/null 2>&1 &
@@ -82,9 +84,11 @@ while read -r id limit cmd; do
   wait "$pid"
   rc=$?
   kill "$dog" 2>/dev/null
-  printf '{BACKDOOR_REPLY} %s %s O%s E%s\\n' "$id" "$rc" \\
-    "$(base64 -w0 < /tmp/.vm-out)" "$(base64 -w0 < /tmp/.vm-err)"
-  rm -f /tmp/.vm-cmd /tmp/.vm-out /tmp/.vm-err
+  # Empty output needs no encoder (each fork costs under TCG).
+  out= err=
+  [ -s /tmp/.vm-out ] && out=$(base64 -w0 < /tmp/.vm-out)
+  [ -s /tmp/.vm-err ] && err=$(base64 -w0 < /tmp/.vm-err)
+  printf '{BACKDOOR_REPLY} %s %s O%s E%s\\n' "$id" "$rc" "$out" "$err"
 done
 """
 

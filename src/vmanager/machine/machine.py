@@ -450,6 +450,7 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
             time.sleep(interval)
 
     def wait_ready(self, timeout: float = 120.0) -> float:
-        """Wait until the guest's backdoor shell answers; return seconds since start."""
-        self.execute("true", timeout=timeout)
+        """Wait until the guest's backdoor shell takes commands; return seconds since start."""
+        self._require_state(State.RUNNING, action="wait for the guest's shell")
+        self._shell.wait_ready(timeout)
         return time.monotonic() - (self.started_at or time.monotonic())

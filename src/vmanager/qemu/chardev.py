@@ -172,8 +172,32 @@ class Shell:
     def __init__(self, console: Console, *, expect_hello: bool = True) -> None:
         self.console = console
         self._lock = threading.Lock()
+        self._expect_hello = expect_hello
         self._ready = not expect_hello
         self._ids = itertools.count(1)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the shell reads commands.
+
+        A freshly started guest's shell says so (its hello line); for a shell
+        that was up before this process connected, one command proves it.
+        """
+        if self._expect_hello:
+            with self._lock:
+                self._await_hello(timeout, "(waiting for the shell)")
+        else:
+            self.execute("true", timeout=timeout)
+
+    def _await_hello(self, timeout: float, command: str) -> None:
+        if self._ready:
+            return
+        try:
+            self.console.wait_for(self.HELLO, timeout=timeout)
+        except ConsoleTimeout as exc:
+            raise GuestCommandError(
+                "the guest's backdoor shell on hvc0 never came up (does the guest run one?)",
+                command=command, status=None, output=exc.tail) from exc
+        self._ready = True
 
     def execute(self, command: str, *, timeout: float = 60.0) -> ExecResult:
         """Run ``command`` with ``sh`` in the guest; return status, stdout and stderr.
@@ -183,14 +207,7 @@ class Shell:
         """
         with self._lock:
             deadline = time.monotonic() + timeout
-            if not self._ready:
-                try:
-                    self.console.wait_for(self.HELLO, timeout=timeout)
-                except ConsoleTimeout as exc:
-                    raise GuestCommandError(
-                        "the guest's backdoor shell on hvc0 never came up (does the guest "
-                        "run one?)", command=command, status=None, output=exc.tail) from exc
-                self._ready = True
+            self._await_hello(timeout, command)
             ident = f"{next(self._ids)}x{int(time.time() * 1000) % 100000}"
             limit = max(1, math.ceil(deadline - time.monotonic()))
             encoded = base64.b64encode(command.encode()).decode()
