@@ -8,7 +8,6 @@ still there afterwards fail it.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -19,6 +18,7 @@ import pytest
 
 from vmanager import Machine
 from vmanager.guests import TinyGuest, tiny_guest
+from vmtest_util import unique_name
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="vmt-"))
 
@@ -130,9 +130,6 @@ def tiny() -> TinyGuest:
     return tiny_guest()
 
 
-def unique_name(prefix: str = "t") -> str:
-    """A machine/namespace name no other test uses (short: it names netns and links)."""
-    return f"{prefix}{secrets.token_hex(3)}"
 
 
 @pytest.fixture

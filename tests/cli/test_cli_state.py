@@ -12,10 +12,10 @@ import time
 import pytest
 from _cli import js, ok, vm
 
-from conftest import unique_name
 from vmanager.cli.main import EXIT_STALE, EXIT_STATE
 from vmanager.state import FileLock, MachineRecord, Runtime, lock_path, locked, records
 from vmanager.state.process import Liveness, ProcessIdentity, read_starttime
+from vmtest_util import unique_name
 
 
 def test_kill_9_of_qemu_gives_a_stale_record(tiny: object) -> None:

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from conftest import unique_name
 from vmanager import Machine
 from vmanager.guests.pyguest import python_guest
+from vmtest_util import unique_name
 
 pytestmark = [pytest.mark.guest, pytest.mark.net]
 
