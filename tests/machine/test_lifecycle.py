@@ -54,8 +54,6 @@ def test_console_write_reaches_the_serial_shell(shared_machine: Machine) -> None
     shared_machine.console.write("echo $((6*7))-from-ttyS0\n")
     found = shared_machine.console.wait_for(re.compile(r"(\d+)-from-ttyS0"), timeout=30)
     assert found.group(1) == "42"
-    # The serial shell runs on ttyS0, not on the backdoor console.
-    assert shared_machine.succeed("readlink /proc/$(pidof -s sh)/fd/0 || true") is not None
 
 
 def test_execute_returns_status_stdout_and_stderr(shared_machine: Machine) -> None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import tempfile
+from pathlib import Path
 from typing import Any
 
-from vmanager.errors import QemuError, QMPError
+from vmanager.errors import HostError, QemuError, QMPError
 from vmanager.qemu.qmp import Event, Monitor
 
 _ids = itertools.count(1)
@@ -45,3 +47,18 @@ def run_job(monitor: Monitor, command: str, arguments: dict[str, Any], *, prefix
     if error:
         raise QMPError(f"{monitor.name}: {command} failed: {error}", command=command,
                        error_class="JobError", description=error)
+
+
+def temp_beside(target: Path, what: str) -> tuple[int, Path]:
+    """Open a temporary file next to ``target`` (renamed onto it when complete).
+
+    Returns the open fd and its path; :class:`HostError` names ``what`` could
+    not be written where.
+    """
+    try:
+        fd, tmpname = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
+                                       dir=target.parent)
+    except OSError as exc:
+        raise HostError(f"cannot write {what} to {target}: {exc.strerror} "
+                        f"(errno {exc.errno})") from exc
+    return fd, Path(tmpname)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vmanager.errors import ConfigError, HostError, QemuError, QMPError
+from vmanager.machine import _jobs
 from vmanager.machine.base import State
 from vmanager.machine.state import DumpCallback, DumpProgress, DumpResult, MemoryInfo
 
@@ -96,13 +96,7 @@ def dump(m: StorageMixin, path: Path, *, paging: bool, progress: DumpCallback | 
     if target.is_dir():
         raise HostError(f"cannot dump memory to {target}: it is a directory")
     # Written beside the target and renamed, so a failure never leaves a partial dump.
-    try:
-        fd, tmpname = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                       dir=target.parent)
-    except OSError as exc:
-        raise HostError(f"cannot write a memory dump to {target}: {exc.strerror} "
-                        f"(errno {exc.errno})") from exc
-    tmp = Path(tmpname)
+    fd, tmp = _jobs.temp_beside(target, "a memory dump")
     fdname = f"vm-dump-{os.getpid()}-{fd}"
     started = time.monotonic()
     handed = False

@@ -11,12 +11,12 @@ source, which QEMU resumes after a failed migration, keeps running.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmanager.errors import ConfigError, HostError, NotFoundError, QemuError, QMPError, StateError
+from vmanager.machine import _jobs
 from vmanager.machine.base import State
 from vmanager.machine.state import MigrationProgress, MigrationResult, ProgressCallback
 from vmanager.qemu import launch
@@ -94,13 +94,7 @@ def save(m: StorageMixin, path: Path, *, keep_running: bool,
     """See :meth:`StorageMixin.save_state`."""
     monitor = m._require_monitor()
     target = Path(os.path.abspath(path))
-    try:
-        fd, tmpname = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp",
-                                       dir=target.parent)
-    except OSError as exc:
-        raise HostError(f"cannot write machine state to {target}: {exc.strerror} "
-                        f"(errno {exc.errno})") from exc
-    tmp = Path(tmpname)
+    fd, tmp = _jobs.temp_beside(target, "machine state")
     fdname = f"vm-save-{os.getpid()}-{fd}"
     was_running = m.state == State.RUNNING
     try:
