@@ -46,7 +46,13 @@ def _socket_inodes(pid: int) -> set[str]:
 
 # -- one shared guest for the read-only checks ------------------------------------------
 def test_console_keeps_everything_the_guest_printed(shared_machine: Machine) -> None:
-    assert READY_LINE in shared_machine.console.read()
+    # The serial shell and the backdoor start side by side: the ready line may come
+    # just after wait_ready() returned. Output read later still holds the whole boot.
+    shared_machine.console.wait_for(READY_LINE, timeout=30)
+    shared_machine.succeed("echo early-marker > /dev/ttyS0")
+    shared_machine.console.wait_for("early-marker", timeout=30)
+    text = shared_machine.console.read()
+    assert text.index(READY_LINE) < text.index("early-marker")
 
 
 def test_console_write_reaches_the_serial_shell(shared_machine: Machine) -> None:
@@ -241,3 +247,28 @@ def test_a_machine_running_elsewhere_is_not_started_twice(
         twin.start_vm()
     assert shared_machine.run_dir.exists() and shared_machine.is_alive()
     assert shared_machine.succeed("echo alive").strip() == "alive"
+
+
+def test_detach_leaves_the_nics_and_attach_then_stop_removes_them(
+        make_machine: Callable[..., Machine]) -> None:
+    m = make_machine(nics=1)
+    m.start_vm()
+    m.wait_ready()
+    port, pid = m.nics[0].port, m.pid
+    assert pid is not None
+    m.detach()
+    # Detached: QEMU, the machine's namespace and its NIC keep going.
+    assert Path(f"/proc/{pid}").exists()
+    assert m.name in os.listdir("/run/netns")
+    assert os.path.exists(f"/sys/class/net/{port}")
+    m.stop()  # inert after detach
+    assert Path(f"/proc/{pid}").exists()
+    again = Machine.attach(m.name)
+    assert "eth0" in again.succeed("ls /sys/class/net")
+    again.stop()
+    assert not Path(f"/proc/{pid}").exists()
+    assert m.name not in os.listdir("/run/netns")
+    deadline = time.monotonic() + 5  # the kernel removes a namespace's links asynchronously
+    while os.path.exists(f"/sys/class/net/{port}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/sys/class/net/{port}")

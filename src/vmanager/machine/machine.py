@@ -316,15 +316,20 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         if proc is not None:
             launch.kill_and_reap(proc)
 
-    def _cleanup(self) -> None:
-        if self._detached:
-            return  # the run directory belongs to the running QEMU, not to us
+    def _disconnect(self) -> subprocess.Popen[bytes] | None:
+        """Close QMP and the consoles; hand back the process (QEMU may run on)."""
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None
         self.console.close()
         self._shell_console.close()
-        self._proc = None
+        proc, self._proc = self._proc, None
+        return proc
+
+    def _cleanup(self) -> None:
+        if self._detached:
+            return  # the run directory belongs to the running QEMU, not to us
+        self._disconnect()
         try:
             self._teardown()
         finally:

@@ -152,12 +152,7 @@ def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
         return machine
     except BaseException:
         if machine is not None:
-            if machine._monitor is not None:
-                machine._monitor.close()
-                machine._monitor = None
-            machine.console.close()
-            machine._shell_console.close()
-            machine._proc = None
+            machine._disconnect()
         if proc is not None:
             proc.close()
         session.release()
@@ -197,24 +192,20 @@ def detach(machine: Machine) -> None:
     :func:`attach` (in any process) to control the machine again.
     """
     machine._require_state(State.RUNNING, State.PAUSED, action="detach")
-    if machine._monitor is not None:
-        machine._monitor.close()
-        machine._monitor = None
-    machine.console.close()
-    machine._shell_console.close()
-    proc = machine._proc
-    machine._proc = None
+    proc = machine._disconnect()
     if isinstance(proc, AdoptedProcess):
         proc.close()
     elif proc is not None:
         with contextlib.suppress(AttributeError):
             proc.returncode = 0  # keeps Popen.__del__ from warning; the process runs on
     from vmanager.state import _net
-    for nic in list(getattr(machine, "_own_nics", [])):
-        _net.forget(nic)
-    ns = getattr(machine, "_namespace", None)
-    if ns is not None:
-        _net.forget(ns)
+    # The machine's own NICs and namespace outlive this process with QEMU; whoever
+    # attaches and stops it removes them (attach() takes the namespace over).
+    for slot in machine._slots:
+        if slot.owned:
+            _net.forget(slot.nic)
+    if machine._namespace is not None:
+        _net.forget(machine._namespace)
     machine._detached = True
     machine._recorded_pid = None
     machine.state = State.DEFINED
