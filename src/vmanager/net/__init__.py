@@ -1,4 +1,4 @@
-"""The networking layer: host interfaces, namespaces, switches, NICs, bonds, routers.
+"""The networking layer: host interfaces, namespaces, switches, NICs, bonds, routers, VXLAN.
 
 Everything talks netlink through pyroute2 with the namespace as a parameter;
 nothing here changes the calling thread's namespace. Every object is a context
@@ -22,6 +22,7 @@ from vmanager.net.namespace import Namespace, list_namespaces
 from vmanager.net.nic import VirtualNic, random_mac, stable_mac
 from vmanager.net.router import Router
 from vmanager.net.switch import Switch, SwitchPort
+from vmanager.net.vxlan import Vxlan
 
 __all__ = [
     "BOND_MODES",
@@ -39,6 +40,7 @@ __all__ = [
     "Switch",
     "SwitchPort",
     "VirtualNic",
+    "Vxlan",
     "interfaces",
     "list_namespaces",
     "random_mac",
