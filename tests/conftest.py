@@ -1,14 +1,18 @@
 """Shared fixtures: the tiny guest, machines that always get cleaned up, leak checks.
 
-Every test is checked for leaks: QEMU processes, network namespaces, host
-links and per-machine run directories that appeared during the test and are
-still there afterwards fail it.
+Every test is checked for leaks: processes (QEMU, dnsmasq, helpers: anything
+started by the test run, found by an environment variable every child
+inherits), network namespaces, host links and per-machine run directories that
+appeared during the test and are still there afterwards fail it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,6 +25,17 @@ from vmanager.guests import TinyGuest, tiny_guest
 from vmtest_util import unique_name
 
 _SESSION_DIR = Path(tempfile.mkdtemp(prefix="vmt-"))
+# This run's temporary files (and its children's: TMPDIR is inherited) live in a
+# directory of its own, so the leak check never counts another run's files.
+_TMP_DIR = _SESSION_DIR / "tmp"
+_TMP_DIR.mkdir(mode=0o700)
+os.environ["TMPDIR"] = tempfile.tempdir = str(_TMP_DIR)
+
+#: Inherited by every process the tests start; the leak check finds them by it.
+MARK_ENV = "VMANAGER_TEST_RUN"
+#: Unique per test run (a nested pytest run gets its own, so runs never mix).
+_RUN_MARK = f"{os.getpid()}-{secrets.token_hex(8)}"
+os.environ[MARK_ENV] = _RUN_MARK
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -33,21 +48,50 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 
-def _qemu_pids() -> set[int]:
-    """QEMU and dnsmasq processes of this test session (their argv names its dirs)."""
+def _marked_pids() -> set[int]:
+    """Live processes of this test run, whatever started them and wherever they went.
+
+    Every process the tests start inherits :data:`MARK_ENV` (QEMU, dnsmasq, nft,
+    namespace helpers, CLI subprocesses and what they start, daemons that
+    double-forked away from pytest); its value is unique to this run, so parallel
+    runs on a shared host never count each other's processes.
+    """
     pids = set()
-    marker = str(_SESSION_DIR).encode()
+    me = os.getpid()
+    needle = f"{MARK_ENV}={_RUN_MARK}".encode()
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read()
-            except OSError:
-                continue
-            argv0 = cmdline.split(b"\0", 1)[0]
-            if (b"qemu-system" in argv0 or b"dnsmasq" in argv0) and marker in cmdline:
-                pids.add(int(entry))
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                zombie = f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+        except OSError:
+            continue
+        if not zombie and needle in environ.split(b"\0"):
+            pids.add(int(entry))
     return pids
+
+
+def _describe(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        return f"{pid} (gone)"
+    return f"{pid} {b' '.join(argv).decode(errors='replace').strip()[:200]}"
+
+
+def kill_leaked(pids: set[int]) -> None:
+    """SIGKILL leaked processes of this run (the next test starts clean)."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        with contextlib.suppress(ChildProcessError):  # not our child: PID 1 reaps it
+            os.waitpid(pid, 0)
 
 
 def _netns() -> set[str]:
@@ -80,8 +124,7 @@ def _device_nodes() -> set[str]:
 
 def _temp_files() -> set[str]:
     """vmanager's temporary files and directories in the system temp dir."""
-    tmp = Path(tempfile.gettempdir())
-    return {p.name for p in tmp.iterdir() if p.name.startswith(("vmanager-", ".vmanager"))}
+    return {p.name for p in _TMP_DIR.iterdir() if p.name.startswith(("vmanager-", ".vmanager"))}
 
 
 def snapshot_host() -> dict[str, set[Any]]:
@@ -91,7 +134,7 @@ def snapshot_host() -> dict[str, set[Any]]:
     told apart when several test runs share one host (development only; CI
     runs alone and checks everything).
     """
-    found: dict[str, set[Any]] = {"QEMU/dnsmasq processes": _qemu_pids(),
+    found: dict[str, set[Any]] = {"processes": _marked_pids(),
                                   "machine run directories": _run_entries(),
                                   "device nodes": _device_nodes(),
                                   "temporary files": _temp_files()}
@@ -121,6 +164,10 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     leaked = leaks_since(before)
     if leaked:
+        procs = leaked.pop("processes", set())
+        if procs:
+            leaked["processes"] = {_describe(pid) for pid in procs}
+            kill_leaked(procs)
         pytest.fail(f"test leaked: {leaked}")
 
 

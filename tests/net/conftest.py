@@ -1,8 +1,9 @@
 """Fixtures for the networking tests: real kernel objects in throwaway namespaces.
 
-Every test runs under :func:`no_leaks`, which fails it when a namespace, a host
-link, a child process or a device node made during the test is still there
-afterwards (and removes the leftovers so the next test starts clean).
+Every test runs under :func:`no_net_leaks` (and the suite-wide check of
+tests/conftest.py), which fails it when a namespace, a host link, a child
+process or a device node made during the test is still there afterwards
+(and removes the leftovers so the next test starts clean).
 Traffic only ever goes to loopback and to namespaces the tests create.
 """
 
@@ -79,7 +80,7 @@ def _run_dir() -> Iterator[Path]:
 
 
 @pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
+def no_net_leaks() -> Iterator[None]:
     """Fail the test if it leaves a namespace, link, nft table, child process or file."""
     ns_before, links_before = set(pyroute2_netns.listnetns()), _links()
     procs_before, files_before, nft_before = _children(), _files(), _nft_tables()
