@@ -33,14 +33,11 @@ def _vmanager_round(n: int, tag: str) -> float:
     try:
         with timer() as t:
             sw = Switch(f"{PREFIX}{tag}sw")
-            sw.create()
             made.append(sw)
             for i in range(n):
                 ns = Namespace(f"{PREFIX}-{tag}{i}")
-                ns.create()
                 made.append(ns)
                 nic = VirtualNic(f"{PREFIX[:4]}{tag}{i}", namespace=ns.name)
-                nic.create()
                 made.append(nic)
                 sw.connect(nic)
             while made:

@@ -3,7 +3,8 @@
 The seed's names are the public API::
 
     import vmanager
-    vmanager.interfaces["eth0"].ip      # the host's NICs (read afresh on each access)
+    vmanager.interfaces["eth0"].ip      # the host's physical NICs (read afresh on each access)
+    vmanager.all_links                  # every link: bridges, veths, taps... too
     vmanager.routes                     # the host's routes
     vmanager.sys_command(["uname", "-r"])
     vmanager.Machine, vmanager.Harddrive, vmanager.CD, vmanager.VirtualNic,
@@ -34,11 +35,13 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # ``interfaces`` and ``routes`` are read from the kernel on every access, as
+    # ``interfaces``, ``all_links`` and ``routes`` are read from the kernel on every access, as
     # the seed's module attributes; the classes load on first use.
     import importlib
     if name == "interfaces":
         return importlib.import_module("vmanager.net").interfaces()
+    if name == "all_links":
+        return importlib.import_module("vmanager.net").all_links()
     if name == "routes":
         return importlib.import_module("vmanager.net").routes()
     if name in _LAZY:
@@ -48,6 +51,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "CD", "Bond", "ExecResult", "Harddrive", "Interface", "Machine", "Namespace", "Router",
-    "State", "Switch", "VirtualNic", "VmanagerError", "__version__", "interfaces", "routes",
-    "sys_command", "tiny_guest",
+    "State", "Switch", "VirtualNic", "VmanagerError", "__version__", "all_links", "interfaces",
+    "routes", "sys_command", "tiny_guest",
 ]

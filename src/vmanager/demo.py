@@ -39,7 +39,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from vmanager import lab as labs
-from vmanager.errors import ConfigError, GuestError, StateError, VmanagerError
+from vmanager.errors import ConfigError, GuestError, ShutdownTimeout, StateError, VmanagerError
 from vmanager.guests import tiny_guest
 from vmanager.lab import record as labrec
 from vmanager.machine import Machine
@@ -474,7 +474,10 @@ def _teardown(lab: labs.Lab, machines: dict[str, Machine],
 
     def release(m: Machine) -> None:
         if graceful:
-            m.stop(timeout=10.0)  # ACPI power-off; quit, then SIGKILL when it hangs
+            try:
+                m.shutdown(timeout=10.0)  # ACPI power-off
+            except ShutdownTimeout:
+                m.stop()  # QMP quit, then SIGKILL
         else:
             m.kill()
 

@@ -24,6 +24,7 @@ chained with ``from`` so the cause stays visible::
      ├── GuestError             the guest did not behave
      │    ├── ConsoleTimeout    a pattern never came on a console (console tail)
      │    ├── GuestCommandError a command in the guest exited non-zero (status, output)
+     │    ├── ShutdownTimeout   the guest did not power off in time (machine left running)
      │    └── ScreenTimeout     text or an image never came on screen (last screenshot)
      └── GuestBuildError        the tiny guest could not be built
 """
@@ -156,6 +157,18 @@ class GuestCommandError(GuestError):
         self.status = status
         self.output = output
         self.stderr = stderr
+
+
+class ShutdownTimeout(GuestError, TimeoutError):
+    """A graceful shutdown did not finish in time; the machine was left running.
+
+    Carries the machine's name and the timeout; ``Machine.stop()`` ends it by force.
+    """
+
+    def __init__(self, message: str, *, machine: str, timeout: float) -> None:
+        super().__init__(message)
+        self.machine = machine
+        self.timeout = timeout
 
 
 class ScreenTimeout(GuestError, TimeoutError):

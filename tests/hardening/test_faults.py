@@ -216,7 +216,7 @@ def test_existing_namespace_is_refused_and_left_alone(make_machine: Callable[...
     netns.create(name)
     try:
         with pytest.raises(VmanagerError, match=name):
-            Namespace(name).create()
+            Namespace(name)
         m = make_machine(name, nics=1)
         with pytest.raises(VmanagerError, match=name):
             m.start_vm()
@@ -232,7 +232,7 @@ def test_existing_bridge_name_is_refused_and_left_alone() -> None:
         ipr.link("add", ifname=name, kind="bridge")
         try:
             with pytest.raises(VmanagerError, match=name):
-                Switch(name).create()
+                Switch(name)
             assert ipr.link_lookup(ifname=name), "the existing bridge was removed"
         finally:
             ipr.link("del", ifname=name)

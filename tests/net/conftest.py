@@ -124,7 +124,7 @@ def netns(name: Any) -> Iterator[Any]:
     made: list[Namespace] = []
 
     def make() -> str:
-        ns = Namespace(name("ns")).create()
+        ns = Namespace(name("ns"))
         made.append(ns)
         return ns.name
 

@@ -39,9 +39,8 @@ def test_active_backup_survives_losing_the_active_member(netns: Any, name: Any) 
     _bridge_in(left, ["a1", "a2"], "10.202.0.1/24")
     veth_into(rp, right, address="10.202.0.2/24")
     try:
-        bond = Bond(name("b"), [m1, m2], mode="active-backup", miimon=50, primary=m1)
         try:
-            bond.create()
+            bond = Bond(name("b"), [m1, m2], mode="active-backup", miimon=50, primary=m1)
         except HostError as exc:
             assert Interface(m1).master is None and Interface(m2).master is None
             pytest.skip(str(exc))
@@ -71,14 +70,14 @@ def test_bond_refuses_bad_input(name: Any) -> None:
     with pytest.raises(ConfigError, match="primary"):
         Bond(name("b"), ["x"], primary="y")
     with pytest.raises(NotFoundError):
-        Bond(name("b"), ["nothere0"]).create()
+        Bond(name("b"), ["nothere0"])
 
 
 def test_bond_request_carries_mode_and_miimon_to_the_kernel() -> None:
     """What can be checked without CONFIG_BONDING: the netlink request pyroute2 builds."""
     from pyroute2.iproute.linux import get_arguments_processor
 
-    bond = Bond("bond9", ["x", "y"], mode="802.3ad", miimon=50)
+    bond = Bond("bond9", ["x", "y"], mode="802.3ad", miimon=50, create=False)
     request = dict(get_arguments_processor("link", "add", bond._link_add_args()).items())
     info = request["IFLA_LINKINFO"]["attrs"]
     assert ["IFLA_INFO_KIND", "bond"] in [list(a) for a in info]

@@ -12,7 +12,7 @@ from vmanager.net import Lifecycle, Namespace
 
 
 def test_namespace_is_created_and_removed(name: Any) -> None:
-    ns = Namespace(name("ns"))
+    ns = Namespace(name("ns"), create=False)
     assert not ns.exists
     with ns:
         assert ns.exists and os.path.exists(f"/run/netns/{ns.name}")
@@ -26,7 +26,7 @@ def test_namespace_is_created_and_removed(name: Any) -> None:
 def test_existing_namespace_is_refused_and_kept(name: Any) -> None:
     with Namespace(name("ns")) as first:
         with pytest.raises(ConfigError, match="already exists"):
-            Namespace(first.name).create()
+            Namespace(first.name)
         assert first.exists
 
 

@@ -13,7 +13,7 @@ from _nettools import ns_socket, veth_into
 from pyroute2 import IPRoute
 
 from vmanager.errors import ConfigError, HostError, NotFoundError, StateError
-from vmanager.net import Interface, Switch, VirtualNic, interfaces, stable_mac
+from vmanager.net import Interface, Switch, VirtualNic, all_links, stable_mac
 from vmanager.net.nic import NicMode
 
 VNET_HDR = bytes(10)  # virtio_net_hdr: the fd has IFF_VNET_HDR, as QEMU expects
@@ -54,7 +54,7 @@ def test_frames_cross_from_nic_fd_to_a_namespace_and_back(mode: NicMode, netns: 
             sw.connect(probe)
             # the kernel objects are where the design says
             assert Interface(nic.port).exists
-            assert set(interfaces(netns=vm)) >= {nic.sink, nic.device}
+            assert set(all_links(netns=vm)) >= {nic.sink, nic.device}
             assert Interface(nic.sink, netns=vm).master == nic.tap_bridge
             raw = ns_socket(observer, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETHERTYPE))
             fd = nic.open_fd()
@@ -85,7 +85,7 @@ def test_frames_cross_from_nic_fd_to_a_namespace_and_back(mode: NicMode, netns: 
                 assert stat.S_IMODE(os.stat(nic.device_node.parent).st_mode) == 0o700
                 node_path = nic.device_node
         assert not Interface(nic.port).exists
-        assert not set(interfaces(netns=vm)) & {nic.sink, nic.device}
+        assert not set(all_links(netns=vm)) & {nic.sink, nic.device}
         if mode == "macvtap":
             assert not node_path.exists()
     finally:
@@ -110,17 +110,17 @@ def test_bad_input_is_refused_and_nothing_is_left(name: Any, netns: Any) -> None
     with pytest.raises(ConfigError):
         VirtualNic(mode="bridge")  # type: ignore[arg-type]
     with pytest.raises(NotFoundError):
-        VirtualNic(name("vn"), namespace="vmanager-no-such-ns").create()
-    nic = VirtualNic(name("vn"))
+        VirtualNic(name("vn"), namespace="vmanager-no-such-ns")
+    nic = VirtualNic(name("vn"), create=False)
     with pytest.raises(StateError):
         nic.open_fd()
     with nic, pytest.raises(ConfigError, match="already exists"):
-        VirtualNic(nic.name).create()
+        VirtualNic(nic.name)
 
 
 def test_failure_halfway_rolls_back(name: Any, netns: Any, monkeypatch: Any) -> None:
     ns = netns()
-    nic = VirtualNic(name("vn"), namespace=ns)
+    nic = VirtualNic(name("vn"), namespace=ns, create=False)
 
     def broken(*_args: object) -> None:
         raise HostError("simulated failure after the links were made")
@@ -129,7 +129,7 @@ def test_failure_halfway_rolls_back(name: Any, netns: Any, monkeypatch: Any) -> 
     with pytest.raises(HostError, match="simulated"):
         nic.create()
     assert not Interface(nic.port).exists
-    assert interfaces(netns=ns) == {}
+    assert set(all_links(netns=ns)) == {"lo"}
     with pytest.raises(StateError):
         nic.create()
     nic.close()
@@ -147,7 +147,7 @@ def test_tap_mode_allows_one_descriptor_at_a_time(name: Any, netns: Any) -> None
 
 
 def test_qemu_args() -> None:
-    nic = VirtualNic("vnq", mac="52:54:00:00:00:01")
+    nic = VirtualNic("vnq", mac="52:54:00:00:00:01", create=False)
     assert nic.qemu_args(7, index=0) == [
         "-netdev", "tap,id=net0,fd=7",
         "-device", "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0"]

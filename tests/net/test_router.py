@@ -121,9 +121,9 @@ def test_router_bad_input_builds_nothing(name: Any) -> None:
     before = set(list_namespaces())
     with pytest.raises(NotFoundError, match="trunk"):
         Router(name("r"), trunk="nothere0", mode="nat",
-               trunk_address="198.51.100.2/24").create()
+               trunk_address="198.51.100.2/24")
     with pytest.raises(NotFoundError, match="trunk"):
-        Router(name("r"), trunk="nothere0").create()
+        Router(name("r"), trunk="nothere0")
     assert set(list_namespaces()) == before
     with pytest.raises(ConfigError, match="does not parse"):
         Router("r", trunk="lo", mode="nat", subnet="10.1.2.300/24",

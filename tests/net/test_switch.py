@@ -43,12 +43,12 @@ def test_switch_carries_traffic_and_disconnect_stops_it(netns: Any, name: Any) -
 def test_switch_refuses_bad_input_without_building(name: Any) -> None:
     with pytest.raises(ConfigError, match="15 bytes"):
         Switch("x" * 16)
-    sw = Switch(name("sw"))
-    with pytest.raises(StateError):
+    sw = Switch(name("sw"), create=False)
+    with pytest.raises(StateError, match="create=False"):
         sw.connect("lo")
     with sw:
         with pytest.raises(ConfigError, match="already exists"):
-            Switch(sw.name).create()
+            Switch(sw.name)
         with pytest.raises(NotFoundError):
             sw.connect("nothere0")
         with pytest.raises(ConfigError, match="vlan_filtering"):
@@ -126,9 +126,9 @@ def test_trunk_ports_need_kernel_vlan_filtering(netns: Any, name: Any) -> None:
 
 
 def test_nft_fallback_ruleset_keeps_vlans_apart() -> None:
-    sw = Switch("sw-x.1", vlan_filtering=True)
+    sw = Switch("sw-x.1", vlan_filtering=True, create=False)
     assert sw.nft_table.startswith("vmanager_sw_sw_x_1_")
-    assert Switch("sw0").nft_table == "vmanager_sw_sw0"
+    assert Switch("sw0", create=False).nft_table == "vmanager_sw_sw0"
     text = sw._nft_ruleset({"a": SwitchPort("a", 10), "b": SwitchPort("b", 10),
                             "c": SwitchPort("c", None)})
     assert 'iifname { "a", "b" } oifname { "a", "b" } accept' in text

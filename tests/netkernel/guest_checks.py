@@ -209,7 +209,27 @@ def check_vlans(out: Result) -> None:
         out["ports"] = {n: {"vlan": p.vlan, "vlans": sorted(p.vlans)} for n, p in ports.items()}
 
 
+def check_bond_constructs(out: Result) -> None:
+    """The seed's Bond: constructing it makes the bond; close() and 'with' remove it."""
+    members = ["bcm1", "bcm2"]
+    with veth_pair("bcm1", "bcp1"), veth_pair("bcm2", "bcp2"):
+        bond = Bond("bcbond", members, mode="active-backup")  # no create(), no 'with'
+        out["made_by_constructor"] = Interface("bcbond").exists
+        out["masters"] = [Interface(m).master for m in members]
+        out["bonding_proc"] = os.path.exists("/proc/net/bonding/bcbond")
+        bond.close()
+        bond.close()  # idempotent
+        out["gone_after_close"] = not Interface("bcbond").exists
+        out["masters_after_close"] = [Interface(m).master for m in members]
+        described = Bond("bcbond2", members, create=False)
+        out["described_makes_nothing"] = not Interface("bcbond2").exists
+        with described:
+            out["made_by_with"] = Interface("bcbond2").exists
+        out["gone_after_with"] = not Interface("bcbond2").exists
+
+
 CHECKS: dict[str, Callable[[Result], None]] = {
+    "bond_constructs": check_bond_constructs,
     "active_backup": check_active_backup,
     "lacp": check_lacp,
     "vlans": check_vlans,

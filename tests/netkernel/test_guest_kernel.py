@@ -84,6 +84,17 @@ def test_the_guest_runs_debians_kernel_and_python(run: GuestRun) -> None:
     assert kernel["release"].endswith("-amd64"), kernel
 
 
+def test_bond_is_made_by_its_constructor_and_removed_by_close_and_with(
+        run: GuestRun) -> None:
+    found = run.check("bond_constructs")
+    why = run.explain("bond_constructs")
+    assert found["made_by_constructor"] and found["bonding_proc"], why
+    assert found["masters"] == ["bcbond", "bcbond"], why
+    assert found["gone_after_close"] and found["masters_after_close"] == [None, None], why
+    assert found["described_makes_nothing"], why
+    assert found["made_by_with"] and found["gone_after_with"], why
+
+
 def test_active_backup_bond_keeps_a_ping_going_when_the_active_member_goes_down(
         run: GuestRun) -> None:
     found = run.check("active_backup")

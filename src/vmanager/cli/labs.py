@@ -28,7 +28,8 @@ def cmd_down(args: argparse.Namespace) -> int:
     if Path(args.file).is_file():
         name = labs.load(args.file).name
     progress = Progress(quiet=args.json or args.quiet)
-    removed = labs.down(name, step=progress.step, timeout=args.timeout)
+    removed = labs.down(name, step=progress.step, timeout=args.timeout,
+                        graceful=args.graceful)
     if args.json:
         emit_json({"lab": name, "removed": removed})
     elif not args.quiet:
@@ -124,8 +125,12 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the lab's TOML file")
     p.add_argument("--wait-ready", action="store_true",
                    help="wait until every started machine's shell answers")
-    p = add("down", cmd_down, "remove everything a lab made", 60.0)
+    p = add("down", cmd_down, "remove everything a lab made (machines are stopped by "
+            "force: QMP quit, then SIGKILL)", 60.0)
     p.add_argument("file", help="the lab's TOML file, or its name")
+    p.add_argument("--graceful", action="store_true",
+                   help="ask each machine to power off first (ACPI, up to --timeout "
+                        "seconds); force only those that do not")
     p = add("inspect", cmd_inspect, "show a lab's machines, addresses and state", 10.0)
     p.add_argument("file")
     p = add("graph", cmd_graph, "draw a lab's topology (SVG, or Mermaid text)", 10.0)

@@ -15,7 +15,7 @@ from typing import Any
 
 from vmanager import state
 from vmanager.cli._output import Progress, emit_json, table
-from vmanager.errors import ConfigError, StateError
+from vmanager.errors import ConfigError, ShutdownTimeout, StateError
 from vmanager.state import records
 from vmanager.state.persist import PersistentMachine
 
@@ -136,8 +136,14 @@ def cmd_stop(args: argparse.Namespace) -> int:
     with progress.step(f"stopping {args.name}"):
         if args.command == "kill":
             machine.kill()
+        elif args.graceful:
+            try:
+                machine.shutdown(timeout=args.timeout)
+            except ShutdownTimeout:
+                state.detach(machine)  # it runs on; the user decides
+                raise
         else:
-            machine.stop(timeout=args.timeout)
+            machine.stop()
     _say(args, {"name": args.name, "stopped": True}, f"{args.name} stopped")
     return 0
 
@@ -364,8 +370,13 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("name")
     p.add_argument("--wait-ready", action="store_true",
                    help="wait until the guest's backdoor shell answers")
-    p = add("stop", cmd_stop, "power a machine off (ACPI, then quit, then SIGKILL)")
+    p = add("stop", cmd_stop, "stop a machine by force (QMP quit, which flushes its disks, "
+            "then SIGKILL); --graceful powers it off through ACPI instead")
     p.add_argument("name")
+    p.add_argument("--graceful", action="store_true",
+                   help="press the ACPI power button and wait up to --timeout seconds for "
+                        "the guest to power off; if it does not, it is left running "
+                        "(exit status 8)")
     p = add("kill", cmd_stop, "stop a machine at once (SIGKILL)")
     p.add_argument("name")
     for name, text in (("freeze", "pause a machine's vCPUs"),

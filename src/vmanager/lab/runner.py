@@ -25,6 +25,7 @@ from vmanager.errors import (
     ConfigError,
     NetworkError,
     NotFoundError,
+    ShutdownTimeout,
     StateError,
     VmanagerError,
 )
@@ -161,10 +162,10 @@ def _machine_present(item: dict[str, Any]) -> bool:
 
 def _make_host(rec: LabRecord, host: HostSpec) -> None:
     from vmanager.net import Interface, Namespace, VirtualNic
-    ns = Namespace(host.name).create()
+    ns = Namespace(host.name)
     rec.put({"kind": "host", "name": host.name, "port": host.port})
     # tap mode leaves a bridge (PORTb) in the namespace that the host's stack can use
-    nic = VirtualNic(host.port, namespace=host.name, mode="tap").create()
+    nic = VirtualNic(host.port, namespace=host.name, mode="tap")
     bridge = nic.tap_bridge
     assert bridge is not None
     inner = Interface(bridge, netns=host.name)
@@ -178,7 +179,7 @@ def _make_host(rec: LabRecord, host: HostSpec) -> None:
 
 def _make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
     from vmanager.net import Switch
-    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering).create()
+    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering)
     rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering})
     _net.forget(switch)
 
@@ -198,7 +199,6 @@ def _make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
                   "gateway": spec.gateway, "dhcp": spec.dhcp, "dns": spec.dns}
     router = Router(spec.name, trunk=_trunk_ifname(lab, spec), mode=spec.mode,  # type: ignore[arg-type]
                     **kwargs)
-    router.create()
     try:
         pid = router.dnsmasq_pid
         ident = ProcessIdentity.of(pid) if pid is not None else None
@@ -262,12 +262,12 @@ def start_lab_machine(record: MachineRecord) -> PersistentMachine:
         if nic_specs:
             if _net.namespace_exists(record.name):
                 _net.remove_namespace(record.name)  # left from a previous run of ours
-            made.append(Namespace(record.name).create())
+            made.append(Namespace(record.name))
         nics = []
         for index, n in enumerate(nic_specs):
             nic = VirtualNic(namespace=record.name, mac=n.get("mac") or
                              stable_mac(record.name, index), mode=n.get("mode", "macvtap"),
-                             model=n.get("model", "virtio-net-pci"))
+                             model=n.get("model", "virtio-net-pci"), create=False)
             # The kernel tears a removed namespace down asynchronously: the host end
             # of the previous run's veth can still be there for a moment.
             _net.remove_link(nic.port)
@@ -294,8 +294,14 @@ def start_lab_machine(record: MachineRecord) -> PersistentMachine:
 
 # -- down -------------------------------------------------------------------------------
 
-def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0) -> list[str]:
+def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
+         graceful: bool = False) -> list[str]:
     """Remove everything lab ``name`` made; returns what was removed.
+
+    Machines are stopped forcefully (:meth:`~vmanager.Machine.stop`: QMP ``quit``,
+    then SIGKILL). With ``graceful`` each is first asked to power off
+    (:meth:`~vmanager.Machine.shutdown`, up to ``timeout`` s) and stopped by
+    force only if it does not.
 
     Nothing to do (the lab is not up) is not an error. Raises
     :class:`NetworkError` listing every removal that failed, after trying all.
@@ -311,7 +317,7 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0) -> list
             label = f"{item['kind']} {item['name']}"
             try:
                 with step(f"removing {label}"):
-                    _remove(item, timeout=timeout)
+                    _remove(item, timeout=timeout, graceful=graceful)
                 rec.drop(item["kind"], item["name"])
                 removed.append(label)
             except VmanagerError as exc:
@@ -323,10 +329,10 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0) -> list
     return removed
 
 
-def _remove(item: dict[str, Any], *, timeout: float = 30.0) -> None:
+def _remove(item: dict[str, Any], *, timeout: float = 30.0, graceful: bool = False) -> None:
     kind = item["kind"]
     if kind == "machine":
-        _remove_machine(item, timeout)
+        _remove_machine(item, timeout, graceful=graceful)
     elif kind == "router":
         ident = item.get("dnsmasq")
         if ident is not None:
@@ -347,14 +353,19 @@ def _remove(item: dict[str, Any], *, timeout: float = 30.0) -> None:
         _net.remove_link(item["port"])
 
 
-def _remove_machine(item: dict[str, Any], timeout: float) -> None:
+def _remove_machine(item: dict[str, Any], timeout: float, *, graceful: bool) -> None:
     name = item["name"]
     rec = records.find(name)
     if rec is not None:
         state = records.liveness(rec)
         if state is Liveness.RUNNING:
             machine = attach(name, timeout=timeout)
-            machine.stop(timeout=min(timeout, 10.0))
+            if graceful:
+                try:
+                    machine.shutdown(timeout=timeout)
+                except ShutdownTimeout as exc:
+                    log.warning("%s; stopping it by force", exc)
+            machine.stop()
         elif state is not None:
             log.warning("machine %s: stale record (%s); not signalling anything", name,
                         records.status(rec).detail)

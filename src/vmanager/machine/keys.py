@@ -57,12 +57,3 @@ def parse_combo(combo: str) -> list[str]:
         keys.append(key_name(part))
         i += 1
     return keys
-
-
-def is_combo(text: str) -> bool:
-    """Whether ``text`` reads as a key combination (every part a known key name)."""
-    try:
-        parse_combo(text)
-    except ConfigError:
-        return False
-    return True

@@ -19,6 +19,7 @@ from vmanager.errors import (
     NotFoundError,
     QemuError,
     QemuStartError,
+    ShutdownTimeout,
     StateError,
 )
 from vmanager.machine import keys
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from vmanager.storage import CD, Harddrive
 
 _log = logging.getLogger("vmanager.machine")
+
+#: Seconds :meth:`Machine.stop` gives QEMU to exit after ``quit`` before SIGKILL.
+STOP_GRACE = 1.5
 
 
 class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
@@ -57,7 +61,9 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
             m.wait_ready()
             print(m.succeed("uname -a"))
 
-    Leaving the ``with`` block stops the machine and removes what it made.
+    Leaving the ``with`` block stops the machine forcefully (:meth:`stop`) and
+    removes what it made; call :meth:`shutdown` in the block for an orderly
+    power-off.
     """
 
     def __init__(
@@ -272,39 +278,72 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
                                          else "did not answer on QMP") + " while starting",
                 argv=ctx.argv, log_tail=launch.log_tail(log_path), returncode=status) from exc
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Power the machine off: ACPI power-down, then ``quit``, then SIGKILL.
+    def stop(self) -> None:
+        """Stop the machine forcefully (the seed's ``stop``): QMP ``quit``, then SIGKILL.
 
-        Waits up to ``timeout`` s for the guest to power off by itself. Always
-        reaps QEMU and removes the run directory, the machine's namespace and
-        links. Idempotent: stopping a stopped machine does nothing.
+        The guest gets no say: QEMU is told to ``quit``, which flushes what the
+        guest wrote to its disks (QEMU's own caches and qcow2 metadata) and
+        exits; if it has not exited :data:`STOP_GRACE` s later it is killed.
+        Returns in under 2 s whatever the guest does. Always reaps QEMU and
+        removes the run directory, the machine's namespace and links.
+        Idempotent: stopping a stopped machine does nothing. For an orderly
+        power-off that lets the guest shut down, use :meth:`shutdown`.
         """
         try:
             proc = self._proc
             if proc is not None and proc.poll() is None:
-                self._graceful_stop(proc, timeout)
+                self._quit(proc)
         finally:
             self._kill_process()
             self._cleanup()
 
-    def _graceful_stop(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    def _quit(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + STOP_GRACE
         monitor = self._monitor
-        if monitor is None:
-            return
+        if monitor is not None:
+            try:
+                monitor.execute("quit", timeout=STOP_GRACE / 2)
+            except QemuError as exc:  # the answer may be lost as QEMU exits
+                self.log.debug("quit: %s", exc)
+        if launch.reap(proc, timeout=max(0.0, deadline - time.monotonic())) is None:
+            self.log.warning("QEMU did not exit within %s s of quit; killing it", STOP_GRACE)
+
+    def shutdown(self, *, timeout: float = 60.0) -> int:
+        """Power the machine off gracefully: ACPI power button, then wait for QEMU to exit.
+
+        The guest shuts down as it would when its power button is pressed; a
+        frozen machine is resumed first so that it can. Once QEMU has exited,
+        everything is cleaned up as by :meth:`stop`; returns QEMU's exit status.
+
+        Raises:
+            StateError: the machine is not running.
+            ShutdownTimeout: the guest did not power off within ``timeout`` s (it
+                ignores ACPI, or is slow); the machine is left running, so the
+                caller decides: wait longer, or :meth:`stop` it.
+        """
+        self._require_state(State.RUNNING, State.PAUSED, action="shut down")
+        monitor = self._require_monitor()
+        proc = self._proc
+        assert proc is not None
+        if self.state == State.PAUSED:
+            monitor.execute("cont", timeout=5)
+            self.state = State.RUNNING
         try:
-            if self.state == State.PAUSED:
-                monitor.execute("cont", timeout=5)
             monitor.execute("system_powerdown", timeout=5)
         except QemuError as exc:
-            self.log.debug("system_powerdown: %s", exc)
-        if launch.reap(proc, timeout=timeout) is not None:
-            return
-        self.log.warning("guest did not power off within %s s; quitting QEMU", timeout)
-        try:
-            monitor.execute("quit", timeout=5)
-        except QemuError as exc:
-            self.log.debug("quit: %s", exc)
-        launch.reap(proc, timeout=5)
+            if proc.poll() is None:
+                raise
+            self.log.debug("system_powerdown: %s", exc)  # it exited meanwhile
+        status = launch.reap(proc, timeout=timeout)
+        if status is None:
+            raise ShutdownTimeout(
+                f"machine {self.name!r} did not power off within {timeout} s of the ACPI "
+                "power button (does the guest handle ACPI?); it is still running: "
+                "stop() ends it by force", machine=self.name, timeout=timeout)
+        self.log.info("powered off (QEMU exit status %s)", status)
+        self._kill_process()
+        self._cleanup()
+        return status
 
     def kill(self) -> None:
         """Stop the machine at once (SIGKILL) and clean up; idempotent."""
@@ -386,27 +425,71 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
 
     # -- monitor ------------------------------------------------------------------
     def send(self, data: str | bytes, *, timeout: float = 60.0) -> str:
-        """The seed's ``send``: a key combination, else a human monitor command.
+        """The seed's ``send``: ``bytes`` is a key combination, ``str`` a monitor command.
 
-        ``m.send(b'ctrl-alt-f2')`` presses the keys (switching to tty2 on a Unix
-        guest); ``m.send("info status")`` runs the monitor command and returns
-        its output.
+        The type decides, never the text: ``m.send(b"ctrl-alt-f2")`` presses
+        those keys (switching to tty2 on a Unix guest) and returns ``""``, as
+        :meth:`send_key` does; ``m.send("stop")`` runs the human monitor command
+        ``stop`` (the VM pauses) and returns its output, as :meth:`monitor` does.
+        After a monitor command :attr:`state` follows what it did (``stop``,
+        ``cont``, ``quit``).
+
+        Raises:
+            ConfigError: ``bytes`` that are not a key combination of QEMU key
+                names (the message lists them), or neither bytes nor str.
+            StateError: the machine is not running.
+            QMPError: QEMU refused.
         """
-        text = data.decode() if isinstance(data, bytes) else data
-        if keys.is_combo(text):
-            self.send_key(text)
+        if isinstance(data, bytes):
+            try:
+                codes = keys.parse_combo(data.decode("ascii"))
+            except (UnicodeDecodeError, ConfigError) as exc:
+                raise ConfigError(f"send({data!r}): bytes are a key combination such as "
+                                  f"b'ctrl-alt-f2', and this is not one ({exc}); pass a str "
+                                  "to run a monitor command") from exc
+            self._send_codes(codes, hold_ms=100)
             return ""
-        return self._require_monitor().hmp(text, timeout=timeout)
+        if not isinstance(data, str):
+            raise ConfigError(f"send() takes bytes (a key combination) or a str (a monitor "
+                              f"command), got {type(data).__name__}")
+        return self.monitor(data, timeout=timeout)
 
     def send_key(self, combo: str, *, hold_ms: int = 100) -> None:
         """Press a key combination such as ``"ctrl-alt-del"`` (QEMU key names)."""
-        codes = keys.parse_combo(combo)
+        self._send_codes(keys.parse_combo(combo), hold_ms=hold_ms)
+
+    def _send_codes(self, codes: list[str], *, hold_ms: int) -> None:
         self.qmp("send-key", {"keys": [{"type": "qcode", "data": c} for c in codes],
                               "hold-time": hold_ms})
 
     def monitor(self, command_line: str, *, timeout: float = 60.0) -> str:
-        """Run a human monitor command (``info block``...) and return its output."""
-        return self._require_monitor().hmp(command_line, timeout=timeout)
+        """Run a human monitor command (``info block``...) and return its output.
+
+        :attr:`state` follows what the command did: after ``stop`` the machine
+        is paused, after ``cont`` running, after ``quit`` stopped.
+        """
+        if not isinstance(command_line, str):
+            raise ConfigError(f"a monitor command is a str, got {type(command_line).__name__}")
+        monitor = self._require_monitor()
+        try:
+            return monitor.hmp(command_line, timeout=timeout)
+        finally:
+            self._follow_run_state()
+
+    def _follow_run_state(self) -> None:
+        """Bring :attr:`state` in line with QEMU after a monitor command changed it."""
+        proc, monitor = self._proc, self._monitor
+        if proc is None or monitor is None or self.state not in (State.RUNNING, State.PAUSED):
+            return
+        try:
+            running = bool(monitor.execute("query-status", timeout=5)["running"])
+        except QemuError as exc:
+            # "quit": QEMU is going away; is_alive() and stop() take it from here
+            if launch.reap(proc, timeout=1.0) is not None:
+                self.state = State.STOPPED
+            self.log.debug("query-status after a monitor command: %s", exc)
+            return
+        self.state = State.RUNNING if running else State.PAUSED
 
     # -- guest shell --------------------------------------------------------------
     def execute(self, command: str, timeout: float = 60.0) -> ExecResult:

@@ -109,7 +109,6 @@ class NetworkMixin(MachineBase):
             for index in range(self._nic_count):
                 nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self.name, index))
                 self._slots.append(_Slot(nic, index, owned=True))
-                nic.create()
         else:
             for index, nic in enumerate(self._given_nics):
                 self._slots.append(_Slot(nic, index, owned=False))
@@ -141,9 +140,7 @@ class NetworkMixin(MachineBase):
             raise NetworkError(f"network namespace {self.namespace!r} already exists; machine "
                                f"{self.name!r} makes its own namespace of that name (remove the "
                                "old one, e.g. left by a crashed run, or rename the machine)")
-        ns = Namespace(self.namespace)
-        ns.create()
-        self._namespace = ns
+        self._namespace = Namespace(self.namespace)
 
     def _teardown(self) -> None:
         try:
@@ -245,8 +242,9 @@ class NetworkMixin(MachineBase):
             created_ns = self._namespace is None
             self._ensure_namespace()
             created_ns = created_ns and self._namespace is not None
+            # described only: it is made below, where a failure is rolled back
             nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self.name, index),
-                             model=model)
+                             model=model, create=False)
             owned = True
         else:
             if nic.mac in macs:

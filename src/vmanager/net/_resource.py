@@ -1,8 +1,11 @@
 """Lifecycle shared by every network object: create once, close idempotently.
 
-Each object records an undo step for everything it makes; ``close()`` and a
-failed ``create()`` run them in reverse order, every one of them even if some
-fail, so that nothing is left half-built.
+Constructing an object makes its kernel objects (the seed's "Creates a virtual
+switch"); ``create=False`` describes one without making anything, for
+:meth:`Resource.create` (or ``with``) to make later. Each object records an undo
+step for everything it makes; ``close()`` and a failed ``create()`` run them in
+reverse order, every one of them even if some fail, so that nothing is left
+half-built.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
-from vmanager.errors import NetworkError, StateError
+from vmanager.errors import ConfigError, NetworkError, StateError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,7 @@ log = logging.getLogger(__name__)
 class Lifecycle(enum.Enum):
     """Where a network object is in its life."""
 
-    NEW = "new"          #: constructed and validated, nothing made in the kernel yet
+    NEW = "new"          #: described (``create=False``), nothing made in the kernel yet
     CREATED = "created"  #: every kernel object exists
     CLOSED = "closed"    #: torn down (or creation failed); cannot be created again
 
@@ -53,7 +56,8 @@ class Resource:
     """Base class: ``create()`` builds, ``close()`` removes, both via :class:`UndoStack`.
 
     Subclasses implement :meth:`_build`, pushing an undo step right after each
-    kernel object or process they make.
+    kernel object or process they make, and end their ``__init__`` with
+    :meth:`_init_done` so that construction creates unless ``create=False``.
     """
 
     _kind = "network object"
@@ -61,6 +65,13 @@ class Resource:
     def __init__(self) -> None:
         self._state = Lifecycle.NEW
         self._undo = UndoStack()
+
+    def _init_done(self, create: bool) -> None:
+        """The end of a subclass's ``__init__``: create now unless told not to."""
+        if not isinstance(create, bool):
+            raise ConfigError(f"create= takes True or False, got {create!r}")
+        if create:
+            self.create()
 
     @property
     def state(self) -> Lifecycle:
@@ -73,11 +84,15 @@ class Resource:
     def _require_created(self, action: str) -> None:
         if self._state is not Lifecycle.CREATED:
             raise StateError(f"cannot {action} {self._label()}: it is {self._state.value}, "
-                             "it must be created first (call create() or use 'with')",
+                             "it must be created first (it was made with create=False: "
+                             "call create() or use 'with')",
                              state=self._state, required=Lifecycle.CREATED)
 
     def create(self) -> Self:
         """Make the kernel objects and processes; roll everything back on failure.
+
+        Construction calls this unless given ``create=False``; call it yourself
+        only for an object described that way.
 
         Raises:
             StateError: when called twice or after close().
@@ -85,7 +100,8 @@ class Resource:
         """
         if self._state is not Lifecycle.NEW:
             raise StateError(f"{self._label()} is {self._state.value}; it can be created "
-                             "only once", state=self._state, required=Lifecycle.NEW)
+                             "only once (construction creates it unless create=False)",
+                             state=self._state, required=Lifecycle.NEW)
         try:
             self._build(self._undo)
         except BaseException:

@@ -43,6 +43,10 @@ BOND_MODES: dict[str, int] = {
 class Bond(Resource):
     """A bonding interface in the host namespace over ``members``.
 
+    Constructing it creates the bond and enslaves the members; :meth:`close`
+    (idempotent) or leaving ``with`` removes it. ``create=False`` only describes
+    it, for :meth:`create` or ``with`` to make later.
+
     ``mode`` is one of :data:`BOND_MODES` (``"active-backup"``: one member carries
     traffic and another takes over when its link fails, detected by MII
     monitoring every ``miimon`` ms; ``"802.3ad"``: LACP, needs a partner that
@@ -61,7 +65,7 @@ class Bond(Resource):
 
     def __init__(self, name: str, members: Sequence[PortLike], *,
                  mode: str = "active-backup", miimon: int = 100,
-                 primary: PortLike | None = None) -> None:
+                 primary: PortLike | None = None, create: bool = True) -> None:
         super().__init__()
         self.name = validate.ifname(name, what="bond name")
         if isinstance(members, str) or not members:
@@ -78,6 +82,7 @@ class Bond(Resource):
         self.primary = port_ifname(primary) if primary is not None else None
         if self.primary is not None and self.primary not in self.members:
             raise ConfigError(f"primary {self.primary!r} is not a member of bond {name!r}")
+        self._init_done(create)
 
     def __repr__(self) -> str:
         return f"Bond({self.name!r}, {list(self.members)!r}, mode={self.mode!r})"

@@ -1,5 +1,7 @@
 """The host's interfaces and routes, and running a host command.
 
+:func:`interfaces` lists the physical NICs, :func:`all_links` every link.
+
 >>> eth0 = interfaces()["eth0"]          # doctest: +SKIP
 >>> eth0.ip, eth0.gateway                # doctest: +SKIP
 (IPv4Address('10.0.2.15'), IPv4Address('10.0.2.2'))
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
@@ -216,6 +219,17 @@ class Interface:
         return int(attr(self._link(), "IFLA_MTU"))
 
     @property
+    def device(self) -> str | None:
+        """The device behind the link (e.g. the PCI address ``0000:00:03.0``), or
+        ``None`` for a virtual link (bridge, veth, tap, bond, loopback...)."""
+        return _parent_device(self._link(), self.netns)
+
+    @property
+    def is_physical(self) -> bool:
+        """Whether a device backs the link (what :func:`interfaces` lists)."""
+        return self.device is not None
+
+    @property
     def master(self) -> str | None:
         """The bridge or bond this interface is enslaved to, if any."""
         with rtnl(self.netns) as ipr:
@@ -289,38 +303,81 @@ class Interface:
                          prefixlen=iface.network.prefixlen)
 
 
+def _parent_device(msg: Any, netns: str | None) -> str | None:
+    """The device behind a link (``0000:00:03.0``...), or ``None`` for a virtual link.
+
+    The kernel reports it as ``IFLA_PARENT_DEV_NAME`` (Linux 5.15 on); before
+    that, ``/sys/class/net/NAME/device`` says so for the caller's namespace.
+    """
+    parent = attr(msg, "IFLA_PARENT_DEV_NAME")
+    if parent:
+        return str(parent)
+    if netns is None:
+        link = f"/sys/class/net/{attr(msg, 'IFLA_IFNAME')}/device"
+        if os.path.exists(link):
+            return os.path.basename(os.path.realpath(link))
+    return None
+
+
+def _dump(netns: str | None, *, physical: bool) -> dict[str, Interface]:
+    with rtnl(netns) as ipr, kernel_call("dump links", "*", netns):
+        names = [str(attr(m, "IFLA_IFNAME")) for m in ipr.link("dump")
+                 if not physical or _parent_device(m, netns) is not None]
+    return {name: Interface(name, netns=netns) for name in sorted(names)}
+
+
 def interfaces(*, netns: str | None = None) -> dict[str, Interface]:
-    """Every interface of the namespace except loopback, by name.
+    """The physical NICs of the namespace (the host's by default), by name.
+
+    The seed's ``vmanager.interfaces``: links backed by a device (PCI, virtio,
+    USB...: ``/sys/class/net/NAME/device`` exists), each an :class:`Interface`
+    with its addresses, routes and gateway. Bridges, veths, taps, bonds and
+    loopback are left out; :func:`all_links` has every link.
 
     Raises:
         NotFoundError: ``netns`` does not exist.
     """
-    with rtnl(netns) as ipr, kernel_call("dump links", "*", netns):
-        names = [str(attr(m, "IFLA_IFNAME")) for m in ipr.link("dump")
-                 if not m["flags"] & 0x8]  # IFF_LOOPBACK
-    return {name: Interface(name, netns=netns) for name in sorted(names)}
+    return _dump(netns, physical=True)
+
+
+def all_links(*, netns: str | None = None) -> dict[str, Interface]:
+    """Every link of the namespace (the host's by default), loopback included, by name.
+
+    ``vmanager.all_links``: physical NICs and virtual links alike (bridges,
+    veths, macvtaps, bonds, ...). :func:`interfaces` has the physical NICs only.
+
+    Raises:
+        NotFoundError: ``netns`` does not exist.
+    """
+    return _dump(netns, physical=False)
 
 
 class HostInterfaces(Mapping[str, Interface]):
-    """A mapping of the host's interfaces that re-reads the kernel on each access.
+    """A mapping of a namespace's links that re-reads the kernel on each access.
 
-    ``vmanager.interfaces["eth0"].up()`` works without keeping a stale list.
+    The physical NICs (as :func:`interfaces`), or with ``physical=False`` every
+    link (as :func:`all_links`). ``HostInterfaces()["eth0"].up()`` works without
+    keeping a stale list.
     """
 
-    def __init__(self, *, netns: str | None = None) -> None:
+    def __init__(self, *, netns: str | None = None, physical: bool = True) -> None:
         self._netns = netns
+        self._physical = physical
+
+    def _read(self) -> dict[str, Interface]:
+        return _dump(self._netns, physical=self._physical)
 
     def __getitem__(self, name: str) -> Interface:
-        found = interfaces(netns=self._netns)
+        found = self._read()
         if name not in found:
             raise KeyError(name)
         return found[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(interfaces(netns=self._netns))
+        return iter(self._read())
 
     def __len__(self) -> int:
-        return len(interfaces(netns=self._netns))
+        return len(self._read())
 
     def __repr__(self) -> str:
         return f"HostInterfaces({sorted(self)!r})"

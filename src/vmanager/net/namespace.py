@@ -29,7 +29,8 @@ def list_namespaces() -> list[str]:
 class Namespace(Resource):
     """A named network namespace that this object creates and removes.
 
-    ``create()`` (or ``with``) makes it; ``close()`` removes it again. A name that
+    Constructing it makes it (``create=False`` only describes it, for
+    ``create()`` or ``with``); ``close()`` removes it again. A name that
     exists already is refused rather than adopted, so closing never removes a
     namespace somebody else made.
 
@@ -43,9 +44,10 @@ class Namespace(Resource):
 
     _kind = "namespace"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, create: bool = True) -> None:
         super().__init__()
         self.name = check_netns_name(name)
+        self._init_done(create)
 
     def __repr__(self) -> str:
         return f"Namespace({self.name!r}, state={self.state.value})"

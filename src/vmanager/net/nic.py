@@ -108,6 +108,11 @@ def _device_dir() -> Path:
 class VirtualNic(Resource):
     """A virtual NIC for a machine: host ``port`` <-> ``sink`` (+ macvtap or tap).
 
+    Constructing it creates the veth pair and its macvtap or tap (the seed's
+    "Creates a virtual VETH interface"); :meth:`close` (idempotent) or leaving
+    ``with`` removes them. ``create=False`` only describes it, for
+    :meth:`create`, ``with`` or a :class:`~vmanager.Machine` to make later.
+
     ``port`` stays in the host namespace, to be connected to a Switch or Router;
     ``open_fd()`` gives QEMU its end. Names: ``name`` (default ``vn`` + part of the
     MAC) is the port, at most 14 bytes since ``s``/``t``/``b`` are appended for
@@ -128,7 +133,7 @@ class VirtualNic(Resource):
 
     def __init__(self, name: str | None = None, *, namespace: str | Namespace | None = None,
                  mac: str | None = None, mode: NicMode = "macvtap",
-                 model: str = "virtio-net-pci") -> None:
+                 model: str = "virtio-net-pci", create: bool = True) -> None:
         super().__init__()
         self.mac = validate.mac(mac) if mac is not None else random_mac()
         if name is None:
@@ -147,6 +152,7 @@ class VirtualNic(Resource):
         self.namespace: str | None = (check_netns_name(ns_name) if ns_name is not None
                                       else None)
         self.device_node: Path | None = None
+        self._init_done(create)
 
     def __repr__(self) -> str:
         return (f"VirtualNic({self.name!r}, namespace={self.namespace!r}, mac={self.mac!r}, "

@@ -92,10 +92,15 @@ class Router(Resource):
         upstream_dns: servers dnsmasq forwards to (default: none, it answers only
             the LAN's own names: ``router.<domain>`` and DHCP clients).
         domain: the LAN's DNS domain (default ``lan``).
+        create: make it now (default); ``False`` only describes it, for
+            :meth:`create` or ``with`` to make later.
 
-    >>> with Router("r1", trunk="eth1", mode="nat", trunk_address="192.0.2.9/24",
-    ...             gateway="192.0.2.1") as r, Switch("sw") as sw:   # doctest: +SKIP
-    ...     sw.connect(r)
+    Constructing it creates the router (bridge or namespace, veths, dnsmasq);
+    :meth:`close` (idempotent) or leaving ``with`` removes all of it.
+
+    >>> r = Router("r1", trunk="eth1", mode="nat", trunk_address="192.0.2.9/24",
+    ...            gateway="192.0.2.1")                             # doctest: +SKIP
+    >>> Switch("sw").connect(r)                                     # doctest: +SKIP
 
     Raises:
         ConfigError: bad name, mode, subnet or addresses; a name in use.
@@ -110,7 +115,7 @@ class Router(Resource):
                  subnet: str | None = None, trunk_address: str | None = None,
                  gateway: str | None = None, dhcp: bool | None = None,
                  dns: bool | None = None, upstream_dns: Sequence[str] = (),
-                 domain: str = "lan") -> None:
+                 domain: str = "lan", create: bool = True) -> None:
         super().__init__()
         self.name = validate.ifname(name, what="router name")
         if len(self.name.encode()) > NAME_MAX:
@@ -132,7 +137,14 @@ class Router(Resource):
             self.dhcp = self.dns = False
             self.upstream_dns: tuple[ipaddress.IPv4Address, ...] = ()
             self.domain = domain
-            return
+        else:
+            self._init_nat(subnet, trunk_address, gateway, dhcp, dns, upstream_dns, domain)
+        self._init_done(create)
+
+    def _init_nat(self, subnet: str | None, trunk_address: str | None, gateway: str | None,
+                  dhcp: bool | None, dns: bool | None, upstream_dns: Sequence[str],
+                  domain: str) -> None:
+        name = self.name
         self.subnet = _parse_subnet(subnet) if subnet is not None else default_subnet(name)
         if trunk_address is None:
             raise ConfigError(f"router {name!r} in 'nat' mode needs trunk_address= "
@@ -253,7 +265,7 @@ class Router(Resource):
 
     def _build_nat(self, host: Any, trunk: int, undo: UndoStack) -> None:
         assert self.subnet is not None and self.trunk_address is not None
-        ns = Namespace(self.name).create()
+        ns = Namespace(self.name)
         undo.push(f"remove namespace {self.name}", ns.close)
         nsfd = os.open(netns_path(self.name), os.O_RDONLY)
         try:

@@ -79,15 +79,20 @@ def _check_vid(vid: object) -> int:
 
 
 class Switch(Resource):
-    """A Linux bridge in the host namespace that ports are connected to.
+    """A virtual switch: a Linux bridge in the host namespace that ports are connected to.
+
+    Constructing it creates the bridge (the seed's "Creates a virtual switch");
+    :meth:`close` (idempotent) or leaving ``with`` removes it. ``create=False``
+    only describes it, for :meth:`create` or ``with`` to make later.
 
     With ``vlan_filtering=True`` the bridge filters by VLAN: ``connect(p, vlan=10)``
     makes an access port (frames leave untagged, untagged frames enter VLAN 10),
     ``connect(p, vlans=[10, 20])`` a trunk port carrying those VLANs tagged. A port
     connected without either stays in VLAN 1, untagged.
 
-    >>> with Switch("sw0") as sw, VirtualNic("a") as a:    # doctest: +SKIP
-    ...     sw.connect(a)
+    >>> sw = Switch("sw0")                                  # doctest: +SKIP
+    >>> sw.connect(VirtualNic("a"))                         # doctest: +SKIP
+    >>> sw.close()                                          # doctest: +SKIP
 
     STP is off and the forward delay is 0, so ports forward at once.
 
@@ -107,7 +112,8 @@ class Switch(Resource):
 
     _kind = "switch"
 
-    def __init__(self, name: str, *, vlan_filtering: bool = False) -> None:
+    def __init__(self, name: str, *, vlan_filtering: bool = False,
+                 create: bool = True) -> None:
         super().__init__()
         self.name = validate.ifname(name, what="switch name")
         self.vlan_filtering = bool(vlan_filtering)
@@ -115,6 +121,7 @@ class Switch(Resource):
         #: or ``"nftables"`` (access ports only); ``None`` without vlan_filtering
         self.vlan_backend: VlanBackend | None = None
         self._ports: dict[str, SwitchPort] = {}
+        self._init_done(create)
 
     def __repr__(self) -> str:
         return f"Switch({self.name!r}, vlan_filtering={self.vlan_filtering})"

@@ -28,7 +28,7 @@ def remove_namespace(name: str) -> None:
     The macvtap device nodes made for NICs in it (``<name>.<tap>``) go too.
     """
     if namespace_exists(name):
-        Namespace(name)._remove()
+        Namespace(name, create=False)._remove()
     from vmanager.net.nic import _device_dir
     for node in _device_dir().glob(f"{name}.*"):
         node.unlink(missing_ok=True)
@@ -64,7 +64,7 @@ def adopt_switch(name: str, *, vlan_filtering: bool = False) -> Any:
     """
     from vmanager.net import Switch
     from vmanager.net._resource import UndoStack
-    sw = Switch(name, vlan_filtering=vlan_filtering)
+    sw = Switch(name, vlan_filtering=vlan_filtering, create=False)
     if not link_exists(name):
         from vmanager.errors import NotFoundError
         raise NotFoundError(f"switch {name!r} does not exist")
