@@ -199,8 +199,7 @@ def test_bad_arguments_are_refused_by_name(kwargs: dict[str, Any], message: str)
 def test_a_missing_underlay_leaves_nothing(netns: Any) -> None:
     ns = netns()
     from vmanager.errors import NotFoundError
-    vx = Vxlan("vx0", vni=5, local=A_UNDER, underlay="nosuch", netns=ns)
     with pytest.raises(NotFoundError, match="nosuch"):
-        vx.create()
+        Vxlan("vx0", vni=5, local=A_UNDER, underlay="nosuch", netns=ns)
     with rtnl(ns) as ipr:
         assert not ipr.link_lookup(ifname="vx0")

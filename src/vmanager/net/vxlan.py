@@ -105,7 +105,8 @@ class Vxlan(Resource):
     the UDP port (the same on every server), ``underlay`` the interface the
     tunnel is bound to (optional; its MTU sets the default :attr:`mtu`),
     ``bridge`` a bridge in the same namespace to enslave the link to, ``netns``
-    the namespace to make it in (``None``: the caller's).
+    the namespace to make it in (``None``: the caller's). Constructing it makes
+    the link (``create=False`` only describes it, for :meth:`create` or ``with``).
 
     Raises:
         ConfigError: a bad name, VNI, port or address; the name is taken; local
@@ -119,7 +120,7 @@ class Vxlan(Resource):
     def __init__(self, name: str, *, vni: int, local: str, remotes: Iterable[str] = (),
                  port: int = DEFAULT_PORT, underlay: str | None = None,
                  bridge: str | None = None, mtu: int | None = None,
-                 netns: str | None = None) -> None:
+                 netns: str | None = None, create: bool = True) -> None:
         super().__init__()
         self.name = validate.ifname(name, what="VXLAN link name")
         self.vni = check_vni(vni)
@@ -136,6 +137,7 @@ class Vxlan(Resource):
             raise ConfigError(f"VXLAN MTU must be an integer from 68 to 65535, got {mtu!r}")
         self._mtu = mtu
         self.netns = netns
+        self._init_done(create)
 
     def __repr__(self) -> str:
         return (f"Vxlan({self.name!r}, vni={self.vni}, local={str(self.local)!r}, "
