@@ -11,10 +11,12 @@ from vmanager.cli._output import Progress, emit_json, table
 
 def cmd_up(args: argparse.Namespace) -> int:
     from vmanager import lab as labs
-    lab = labs.load(args.file)
+    from vmanager.cli.remote import read_lab
+    from vmanager.lab import multi
+    lab = read_lab(args.file, args.server)
     progress = Progress(quiet=args.json or args.quiet)
-    result = labs.up(lab, step=progress.step, wait_ready=args.wait_ready,
-                     timeout=args.timeout)
+    up = multi.up if lab.servers and args.server is None else labs.up
+    result = up(lab, step=progress.step, wait_ready=args.wait_ready, timeout=args.timeout)
     if args.json:
         emit_json({"lab": result.lab, "made": list(result.made), "kept": list(result.kept)})
     elif not args.quiet:
@@ -24,12 +26,13 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     from vmanager import lab as labs
+    from vmanager.lab import multi
     name = args.file
     if Path(args.file).is_file():
         name = labs.load(args.file).name
     progress = Progress(quiet=args.json or args.quiet)
-    removed = labs.down(name, step=progress.step, timeout=args.timeout,
-                        graceful=args.graceful)
+    removed = multi.down(name, step=progress.step, timeout=args.timeout,
+                         graceful=args.graceful)
     if args.json:
         emit_json({"lab": name, "removed": removed})
     elif not args.quiet:
@@ -39,7 +42,10 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from vmanager import lab as labs
-    info = labs.inspect(labs.load(args.file))
+    from vmanager.cli.remote import read_lab
+    from vmanager.lab import multi
+    lab = read_lab(args.file, args.server)
+    info = multi.inspect(lab) if lab.servers and args.server is None else labs.inspect(lab)
     if args.json:
         emit_json(info)
         return 0
@@ -122,7 +128,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = add("up", cmd_up, "bring a lab up (idempotent; a failure rolls back what it made)",
             300.0)
-    p.add_argument("file", help="the lab's TOML file")
+    p.add_argument("file", help="the lab's TOML file ('-': standard input)")
+    p.add_argument("--server", metavar="NAME", help="make only the part of the lab placed "
+                   "on server NAME (what a lab's orchestrating host asks each server)")
     p.add_argument("--wait-ready", action="store_true",
                    help="wait until every started machine's shell answers")
     p = add("down", cmd_down, "remove everything a lab made (machines are stopped by "
@@ -132,7 +140,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="ask each machine to power off first (ACPI, up to --timeout "
                         "seconds); force only those that do not")
     p = add("inspect", cmd_inspect, "show a lab's machines, addresses and state", 10.0)
-    p.add_argument("file")
+    p.add_argument("file", help="the lab's TOML file ('-': standard input)")
+    p.add_argument("--server", metavar="NAME", help="only the part on server NAME")
     p = add("graph", cmd_graph, "draw a lab's topology (SVG, or Mermaid text)", 10.0)
     p.add_argument("file")
     p.add_argument("-o", "--output", help="where to write (default LAB.svg; Mermaid: stdout)")

@@ -195,6 +195,9 @@ def cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def cmd_screenshot(args: argparse.Namespace) -> int:
+    if args.file == "-":  # to stdout (how a lab's server sends one back)
+        from vmanager.cli.remote import screenshot_to_stdout
+        return screenshot_to_stdout(args.name, args.timeout)
     path = Path(args.file).resolve()
     with attached(args.name, args.timeout) as m:
         shot = getattr(m, "screenshot", None)

@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 
 from vmanager import __version__
-from vmanager.cli import labs, machines
+from vmanager.cli import labs, machines, remote
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import (
     ConfigError,
@@ -55,7 +55,10 @@ EXIT_INTERRUPTED = 130
 
 def exit_code(exc: VmanagerError) -> int:
     """The documented exit code for an error."""
+    from vmanager.lab.remote import RemoteError
     from vmanager.state import StaleRecordError
+    if isinstance(exc, RemoteError):  # what the server's vmanager exited with
+        return exc.exit_code
     if isinstance(exc, StaleRecordError):
         return EXIT_STALE
     for kind, code in ((NotFoundError, EXIT_NOT_FOUND), (StateError, EXIT_STATE),
@@ -117,12 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (see the module docstring)."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[
         min(args.verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
     try:
         machines.exec_args_ok(args)
-        code: int = args.func(args)
+        code: int | None = remote.forward(argv, args)  # a machine on a lab's server
+        if code is None:
+            code = args.func(args)
         return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

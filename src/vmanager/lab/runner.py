@@ -145,7 +145,8 @@ def _host_present(item: dict[str, Any]) -> bool:
 
 
 def _switch_present(item: dict[str, Any]) -> bool:
-    return _net.link_exists(item["name"])
+    return _net.link_exists(item["name"]) and (
+        not item.get("vxlan") or _net.link_exists(item["vxlan"]))
 
 
 def _router_present(item: dict[str, Any]) -> bool:
@@ -180,8 +181,13 @@ def _make_host(rec: LabRecord, host: HostSpec) -> None:
 def _make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
     from vmanager.net import Switch
     switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering)
-    rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering})
+    vxlan = sw.stretch.ifname if sw.stretch else None
+    rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
+             "vxlan": vxlan})
     _net.forget(switch)
+    if sw.stretch is not None:  # one bridge per server, joined by VXLAN (lab.servers)
+        from vmanager.lab.servers import make_stretch
+        make_stretch(sw.name, sw.stretch)
 
 
 def _trunk_ifname(lab: Lab, router: RouterSpec) -> str:
@@ -347,6 +353,8 @@ def _remove(item: dict[str, Any], *, timeout: float = 30.0, graceful: bool = Fal
             if run_dir.parent == paths.run_dir() / "net":
                 shutil.rmtree(run_dir, ignore_errors=True)
     elif kind == "switch":
+        if item.get("vxlan"):
+            _net.remove_link(item["vxlan"])
         _net.remove_link(item["name"])
     elif kind == "host":
         _net.remove_namespace(item["name"])

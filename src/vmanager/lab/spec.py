@@ -45,6 +45,8 @@ from typing import Any
 
 from vmanager import validate
 from vmanager.errors import ConfigError, LabFileError
+from vmanager.lab import servers as _servers
+from vmanager.lab.servers import ServerSpec, StretchSpec
 
 ROUTER_NAME_MAX = 14
 
@@ -86,6 +88,7 @@ class MachineSpec:
     disks: tuple[DiskSpec, ...] = ()
     cd: str | None = None
     nics: tuple[NicSpec, ...] = ()
+    server: str | None = None
 
     def definition(self) -> dict[str, Any]:
         """The machine record's definition (see :func:`vmanager.state.machine_kwargs`)."""
@@ -105,6 +108,8 @@ class SwitchSpec:
 
     name: str
     vlan_filtering: bool = False
+    vni: int | None = None
+    stretch: StretchSpec | None = None  #: set in a server's part when stretched
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,7 @@ class RouterSpec:
     gateway: str | None = None
     dhcp: bool | None = None
     dns: bool | None = None
+    server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ class HostSpec:
     name: str
     port: str
     address: str | None = None
+    server: str | None = None
 
 
 @dataclass(frozen=True)
@@ -143,6 +150,7 @@ class Lab:
     routers: tuple[RouterSpec, ...] = ()
     hosts: tuple[HostSpec, ...] = ()
     source: str = field(default="", repr=False)
+    servers: tuple[ServerSpec, ...] = ()
 
     def machine(self, name: str) -> MachineSpec:
         """The machine called ``name``."""
@@ -256,33 +264,38 @@ def parse(source: str, *, path: str | Path = "<lab>") -> Lab:
         raise LabFileError(f"not valid TOML: {exc}", path=str(p),
                            line=int(found.group(1)) if found else None) from exc
     c = _Checker(p, source)
-    c.keys(data, (), {"lab", "machines", "switches", "routers", "hosts", "links"}, {"lab"})
+    c.keys(data, (), {"lab", "machines", "switches", "routers", "hosts", "links", "servers"},
+           {"lab"})
     lab = c.table(data["lab"], ("lab",))
     c.keys(lab, ("lab",), {"name", "description"}, {"name"})
     name = c.check(("lab", "name"), lambda: validate.name(lab["name"], what="lab name"))
+    servers = _servers.parse_servers(c, data.get("servers", {}), _base(p))
+    server_names = {s.name for s in servers}
 
     switches = []
     for sname, raw in c.table(data.get("switches", {}), ("switches",)).items():
         where = ("switches", sname)
         body = c.table(raw, where)
-        c.keys(body, where, {"vlan_filtering"})
+        c.keys(body, where, {"vlan_filtering", "vni"})
         c.check(where, validate.ifname, sname, what="switch name")
         switches.append(SwitchSpec(sname, bool(c.typed(body, "vlan_filtering", bool, where,
-                                                       False))))
+                                                       False)),
+                                   _servers.check_vni_key(c, where, body)))
     switch_names = {s.name for s in switches}
 
     hosts = []
     for hname, raw in c.table(data.get("hosts", {}), ("hosts",)).items():
         where = ("hosts", hname)
         body = c.table(raw, where)
-        c.keys(body, where, {"address", "port"}, {"port"})
+        c.keys(body, where, {"address", "port", "server"}, {"port"})
         c.check(where, validate.name, hname, what="host name")
         port = c.typed(body, "port", str, where)
         c.check((*where, "port"), _port_name, port)
         address = c.typed(body, "address", str, where)
         if address is not None:
             c.check((*where, "address"), _interface, address)
-        hosts.append(HostSpec(hname, port, address))
+        hosts.append(HostSpec(hname, port, address,
+                              _servers.check_server(c, where, body, server_names)))
     host_names = {h.name for h in hosts}
 
     routers = []
@@ -290,7 +303,7 @@ def parse(source: str, *, path: str | Path = "<lab>") -> Lab:
         where = ("routers", rname)
         body = c.table(raw, where)
         c.keys(body, where, {"mode", "trunk", "switch", "subnet", "trunk_address", "gateway",
-                             "dhcp", "dns"}, {"trunk"})
+                             "dhcp", "dns", "server"}, {"trunk"})
         c.check(where, _router_name, rname)
         mode = c.typed(body, "mode", str, where, "nat")
         if mode not in ("nat", "bridged"):
@@ -320,26 +333,34 @@ def parse(source: str, *, path: str | Path = "<lab>") -> Lab:
                     raise c.fail((*where, key), "only applies to a 'nat' router")
         routers.append(RouterSpec(rname, mode, trunk, switch, subnet, taddr, gateway,
                                   c.typed(body, "dhcp", bool, where),
-                                  c.typed(body, "dns", bool, where)))
+                                  c.typed(body, "dns", bool, where),
+                                  _servers.check_server(c, where, body, server_names)))
 
     machines = []
     for mname, raw in c.table(data.get("machines", {}), ("machines",)).items():
-        machines.append(_machine(c, mname, raw, switch_names, p))
+        machines.append(_machine(c, mname, raw, switch_names, p, server_names))
 
     machines = _apply_links(c, data.get("links", []), machines, routers, switch_names)
     _unique(c, switches, routers, hosts, machines)
     digest = hashlib.sha256(source.encode()).hexdigest()[:16]
-    return Lab(name=name, path=p, digest=digest, machines=tuple(machines),
-               switches=tuple(switches), routers=tuple(routers), hosts=tuple(hosts),
-               source=source)
+    parsed = Lab(name=name, path=p, digest=digest, machines=tuple(machines),
+                 switches=tuple(switches), routers=tuple(routers), hosts=tuple(hosts),
+                 source=source, servers=servers)
+    if servers:
+        _servers.check_placement(parsed)
+    return parsed
+
+
+def _base(path: Path) -> Path:
+    return path.parent if path.name != "<lab>" else Path.cwd()
 
 
 def _machine(c: _Checker, mname: str, raw: object, switch_names: set[str],
-             path: Path) -> MachineSpec:
+             path: Path, server_names: set[str]) -> MachineSpec:
     where = ("machines", mname)
     body = c.table(raw, where)
     c.keys(body, where, {"guest", "kernel", "initrd", "append", "memory", "cpus", "accel",
-                         "disks", "cd", "nics"})
+                         "disks", "cd", "nics", "server"})
     c.check(where, lambda: validate.name(mname, what="machine name", max_len=15))
     guest = c.typed(body, "guest", str, where)
     if guest is not None and guest != "tiny":
@@ -358,7 +379,7 @@ def _machine(c: _Checker, mname: str, raw: object, switch_names: set[str],
     accel = c.typed(body, "accel", str, where, "auto")
     if accel not in ("auto", "kvm", "tcg"):
         raise c.fail((*where, "accel"), f"must be auto, kvm or tcg, not {accel!r}")
-    base = path.parent if path.name != "<lab>" else Path.cwd()
+    base = _base(path)
 
     def resolve(value: str) -> str:
         return str((base / value).resolve())
@@ -407,7 +428,8 @@ def _machine(c: _Checker, mname: str, raw: object, switch_names: set[str],
     return MachineSpec(mname, guest, resolve(kernel) if kernel else None,
                        resolve(body["initrd"]) if "initrd" in body else None,
                        c.typed(body, "append", str, where), memory, cpus, accel,
-                       tuple(disks), resolve(cd) if cd else None, tuple(nics))
+                       tuple(disks), resolve(cd) if cd else None, tuple(nics),
+                       _servers.check_server(c, where, body, server_names))
 
 
 def _apply_links(c: _Checker, links: object, machines: list[MachineSpec],
