@@ -229,14 +229,17 @@ class Simulation:
                     f"vmanager = {_toml_str(vmanager)}", 'underlay = "eth0"', ""]
         return "\n".join(out)
 
-    def leftovers(self) -> dict[str, list[int]]:
-        """Processes other than sshd still in each server's namespace."""
+    def leftovers(self) -> dict[str, list[str]]:
+        """Processes other than sshd still in each server's namespace (pid: argv)."""
         out = {}
         for s in self.servers:
             sshd = {s.process.pid} if s.process and s.process.poll() is None else set()
             rest = [p for p in s.processes() if p not in sshd and not _is_sshd(p)]
+            if rest:  # a session may still be closing: look again once
+                time.sleep(0.5)
+                rest = [p for p in s.processes() if p not in sshd and not _is_sshd(p)]
             if rest:
-                out[s.name] = rest
+                out[s.name] = [f"{p}: {_argv(p)}" for p in rest]
         return out
 
     def close(self) -> None:
@@ -245,10 +248,20 @@ class Simulation:
 
 
 def _is_sshd(pid: int) -> bool:
+    """sshd or one of its session processes (``sshd: root@notty``), or a zombie."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"sshd")
+        argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # gone meanwhile
+    return state == "Z" or argv0.endswith(b"sshd") or argv0.startswith(b"sshd:")
+
+
+def _argv(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:200]
     except OSError:
-        return False
+        return "?"
 
 
 def _toml_str(value: str) -> str:

@@ -1,0 +1,118 @@
+"""Lab files with [servers]: validation, placement and each server's part (no SSH needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vmanager.errors import ConfigError, LabFileError
+from vmanager.lab import parse
+from vmanager.lab.remote import ssh_argv
+from vmanager.lab.servers import parse_ssh, part, servers_used, stretched, vxlan_ifname
+
+LAB = """
+[lab]
+name = "two"
+
+[servers.s1]
+ssh = "root@192.0.2.1"
+identity = "keys/lab"
+known_hosts = "keys/known_hosts"
+underlay = "eth1"
+
+[servers.s2]
+ssh = "admin@192.0.2.2:2222"
+vmanager = "/opt/vm/bin/vmanager --verbose"
+vxlan_port = 4790
+
+[switches.lan]
+[switches.solo]
+vni = 77
+
+[machines.a]
+guest = "tiny"
+server = "s1"
+nics = [{ switch = "lan" }, { switch = "solo" }]
+
+[machines.b]
+guest = "tiny"
+server = "s2"
+nics = [{ switch = "lan" }]
+"""
+
+
+def lab(text: str = LAB) -> object:
+    return parse(text, path=Path("/labs/two.toml"))
+
+
+def test_servers_are_parsed_with_paths_relative_to_the_lab_file() -> None:
+    parsed = lab()
+    s1, s2 = parsed.servers  # type: ignore[attr-defined]
+    assert (s1.user, s1.host, s1.port, s1.address) == ("root", "192.0.2.1", None, "192.0.2.1")
+    assert s1.identity == "/labs/keys/lab" and s1.known_hosts == "/labs/keys/known_hosts"
+    assert (s2.user, s2.port, s2.vmanager, s2.vxlan_port) == (
+        "admin", 2222, ("/opt/vm/bin/vmanager", "--verbose"), 4790)
+
+
+def test_each_server_gets_its_machines_and_a_vxlan_for_the_stretched_switch() -> None:
+    parsed = lab()
+    assert servers_used(parsed) == ["s1", "s2"]
+    assert stretched(parsed) == {"lan": ["s1", "s2"]}
+    p1 = part(parsed, "s1")
+    assert [m.name for m in p1.machines] == ["a"]
+    by_name = {s.name: s for s in p1.switches}
+    assert set(by_name) == {"lan", "solo"}
+    assert by_name["solo"].stretch is None
+    vx = by_name["lan"].stretch
+    assert vx is not None
+    assert (vx.local, vx.remotes, vx.port, vx.underlay) == ("192.0.2.1", ("192.0.2.2",),
+                                                            4789, "eth1")
+    p2 = part(parsed, "s2")
+    assert [s.name for s in p2.switches] == ["lan"]
+    vx2 = p2.switches[0].stretch
+    assert vx2 is not None and vx2.vni == vx.vni and vx2.ifname == vx.ifname
+    assert (vx2.local, vx2.remotes, vx2.port) == ("192.0.2.2", ("192.0.2.1",), 4790)
+    assert len(vxlan_ifname("two", "lan")) <= 15
+    assert part(parsed, None).machines == ()
+
+
+@pytest.mark.parametrize("change, message", [
+    (('server = "s2"', 'server = "s9"'), "server 's9' is not defined"),
+    (('ssh = "root@192.0.2.1"', 'ssh = "-oProxyCommand=x"'), "not a host name"),
+    (('ssh = "root@192.0.2.1"', 'ssh = "ro ot@h"'), "not a valid user name"),
+    (('ssh = "root@192.0.2.1"', 'ssh = "root@h:99999"'), "port"),
+    (('vxlan_port = 4790', 'vxlan_port = 0'), "UDP port"),
+    (('vni = 77', 'vni = 16777216'), "VNI"),
+    (('[servers.s2]', '[servers.local]'), "'local' means"),
+    (('ssh = "root@192.0.2.1"', 'ssh = "root@server-one"'), "needs address"),
+])
+def test_bad_servers_are_refused_by_field(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(LabFileError, match=message):
+        lab(LAB.replace(*change, 1))
+
+
+def test_a_switch_on_the_local_host_and_a_server_is_refused() -> None:
+    text = LAB.replace('server = "s2"\n', "", 1)
+    with pytest.raises(LabFileError, match="used on the local host and on servers"):
+        lab(text)
+
+
+def test_ssh_parsing() -> None:
+    assert parse_ssh("h") == (None, "h", None)
+    assert parse_ssh("u@[2001:db8::1]:22") == ("u", "2001:db8::1", 22)
+    with pytest.raises(ConfigError):
+        parse_ssh("[2001:db8::1")
+
+
+def test_ssh_argv_checks_host_keys_and_quotes_the_remote_command() -> None:
+    s2 = lab().servers[1]  # type: ignore[attr-defined]
+    argv = ssh_argv(s2, ["exec", "b", "--", "echo 'a b'; rm -rf /"])
+    assert argv[0] == "ssh"
+    joined = " ".join(argv)
+    assert "StrictHostKeyChecking=yes" in joined and "BatchMode=yes" in joined
+    assert argv[argv.index("-p") + 1] == "2222"
+    assert argv[-3:-1] == ["admin@192.0.2.2", "--"]
+    import shlex
+    assert shlex.split(argv[-1]) == ["/opt/vm/bin/vmanager", "--verbose", "exec", "b", "--",
+                                     "echo 'a b'; rm -rf /"]
