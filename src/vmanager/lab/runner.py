@@ -32,6 +32,7 @@ from vmanager.errors import (
 from vmanager.lab import record as labrec
 from vmanager.lab.record import LabRecord
 from vmanager.lab.spec import HostSpec, Lab, MachineSpec, RouterSpec, SwitchSpec
+from vmanager.net import batch_removal
 from vmanager.state import _net, records
 from vmanager.state._lock import locked
 from vmanager.state.persist import PersistentMachine, attach, detach, machine_kwargs
@@ -319,15 +320,25 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
             return removed
         failures = []
         order = {"machine": 0, "router": 1, "switch": 2, "host": 3}
-        for item in sorted(reversed(rec.made), key=lambda i: order.get(i["kind"], 9)):
-            label = f"{item['kind']} {item['name']}"
-            try:
-                with step(f"removing {label}"):
-                    _remove(item, timeout=timeout, graceful=graceful)
-                rec.drop(item["kind"], item["name"])
-                removed.append(label)
-            except VmanagerError as exc:
-                failures.append(f"{label}: {exc}")
+        done: list[dict[str, Any]] = []
+        try:
+            # namespaces and links are removed together when the block ends: one
+            # kernel clean-up pass for the lab instead of one wait per link
+            with batch_removal(timeout=timeout):
+                for item in sorted(reversed(rec.made), key=lambda i: order.get(i["kind"], 9)):
+                    label = f"{item['kind']} {item['name']}"
+                    try:
+                        with step(f"removing {label}"):
+                            _remove(item, timeout=timeout, graceful=graceful)
+                        done.append(item)
+                        removed.append(label)
+                    except VmanagerError as exc:
+                        failures.append(f"{label}: {exc}")
+        except NetworkError as exc:
+            failures.append(str(exc))
+            done = []  # which one failed is unknown: keep all in the record for a retry
+        for item in done:
+            rec.drop(item["kind"], item["name"])
         if failures:
             raise NetworkError(f"lab {name!r}: could not remove everything:\n"
                                + "\n".join(failures))

@@ -146,22 +146,29 @@ class NetworkMixin(MachineBase):
         try:
             super()._teardown()
         finally:
+            from vmanager.net import batch_removal
             failures: list[str] = []
-            for slot in reversed(self._slots):
-                if slot.owned:
-                    try:
-                        slot.nic.close()
-                    except NetworkError as exc:
-                        failures.append(str(exc))
-            self._slots = []
-            self._removed = set()
-            self.nics = list(self._given_nics)
-            ns, self._namespace = self._namespace, None
-            if ns is not None:
-                try:
-                    ns.close()
-                except NetworkError as exc:
-                    failures.append(str(exc))
+            try:
+                # NICs and namespace go in one kernel pass (or in the caller's batch,
+                # e.g. a Group's teardown of many machines)
+                with batch_removal():
+                    for slot in reversed(self._slots):
+                        if slot.owned:
+                            try:
+                                slot.nic.close()
+                            except NetworkError as exc:
+                                failures.append(str(exc))
+                    self._slots = []
+                    self._removed = set()
+                    self.nics = list(self._given_nics)
+                    ns, self._namespace = self._namespace, None
+                    if ns is not None:
+                        try:
+                            ns.close()
+                        except NetworkError as exc:
+                            failures.append(str(exc))
+            except NetworkError as exc:
+                failures.append(str(exc))
             if failures:
                 raise NetworkError(f"machine {self.name!r}: removing its NICs left "
                                    "something behind:\n" + "\n".join(failures))

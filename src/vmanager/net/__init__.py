@@ -3,12 +3,17 @@
 Everything talks netlink through pyroute2 with the namespace as a parameter;
 nothing here changes the calling thread's namespace. Every object is a context
 manager whose ``close()`` is idempotent and removes all it made.
+
+Many objects are made and removed faster together: :class:`Group`,
+:func:`teardown` and :func:`batch_removal` (one kernel clean-up pass for all).
 """
 
+from vmanager.net._batch import batch_removal
 from vmanager.net._port import Pluggable, PortLike
 from vmanager.net._resource import Lifecycle
 from vmanager.net.bond import BOND_MODES, Bond
 from vmanager.net.errors import LinkError
+from vmanager.net.group import Group, teardown
 from vmanager.net.host import (
     CommandResult,
     HostInterfaces,
@@ -29,6 +34,7 @@ __all__ = [
     "BOND_MODES",
     "Bond",
     "CommandResult",
+    "Group",
     "HostInterfaces",
     "Interface",
     "Lifecycle",
@@ -43,10 +49,12 @@ __all__ = [
     "VirtualNic",
     "Vxlan",
     "all_links",
+    "batch_removal",
     "interfaces",
     "list_namespaces",
     "random_mac",
     "routes",
     "stable_mac",
     "sys_command",
+    "teardown",
 ]

@@ -120,6 +120,27 @@ def netlink_socket(nspath: str, proto: int = NETLINK_ROUTE, *,
         timeout=timeout)
 
 
+def netlink_socket_and_sysfs(nspath: str, *, timeout: float = DEFAULT_TIMEOUT
+                             ) -> tuple[socket.socket, int]:
+    """A netlink socket and a detached sysfs (see :func:`with_sysfs`) of the
+    namespace at ``nspath``, both made by one helper thread.
+
+    The caller closes both; while either is open the namespace stays alive.
+
+    Raises:
+        Unsupported: no ``fsopen`` here (nothing is left open).
+        OSError: the kernel refused.
+    """
+    def make() -> tuple[socket.socket, int]:
+        sysfs = _detached_sysfs()
+        try:
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE), sysfs
+        except BaseException:
+            os.close(sysfs)
+            raise
+    return run_in_netns(nspath, make, timeout=timeout)
+
+
 def open_tun(nspath: str, *, timeout: float = DEFAULT_TIMEOUT) -> int:
     """``/dev/net/tun`` opened in the namespace at ``nspath`` (``TUNSETIFF`` looks there)."""
     return run_in_netns(nspath, lambda: os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC),

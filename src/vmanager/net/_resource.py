@@ -5,7 +5,9 @@ switch"); ``create=False`` describes one without making anything, for
 :meth:`Resource.create` (or ``with``) to make later. Each object records an undo
 step for everything it makes; ``close()`` and a failed ``create()`` run them in
 reverse order, every one of them even if some fail, so that nothing is left
-half-built.
+half-built. They run in a removal batch
+(:mod:`vmanager.net._batch`): the object's links and namespaces go in one
+kernel pass, or in the caller's batch when one is open.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from types import TracebackType
 from typing import Self
 
 from vmanager.errors import ConfigError, NetworkError, StateError
+from vmanager.net._batch import batch_removal
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,11 @@ class Resource:
             self._build(self._undo)
         except BaseException:
             self._state = Lifecycle.CLOSED
-            self._undo.unwind()
+            try:
+                with batch_removal():
+                    self._undo.unwind()
+            except NetworkError as exc:
+                log.warning("rolling back %s: %s", self._label(), exc)
             raise
         self._state = Lifecycle.CREATED
         log.debug("created %s", self._label())
@@ -124,7 +131,13 @@ class Resource:
         if self._state is Lifecycle.CLOSED:
             return
         self._state = Lifecycle.CLOSED
-        failures = self._undo.unwind()
+        failures: list[str] = []
+        try:
+            # inside a caller's batch_removal() this joins it and the removal happens there
+            with batch_removal():
+                failures = self._undo.unwind()
+        except NetworkError as exc:
+            failures.append(str(exc))
         log.debug("closed %s", self._label())
         if failures:
             raise NetworkError(f"closing {self._label()} left something behind:\n"

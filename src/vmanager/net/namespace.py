@@ -2,7 +2,10 @@
 
 Made in-process like ``ip netns add`` (a helper thread unshares and the result is
 bind-mounted, :func:`vmanager.net._nsthread.create_netns`); removing one unmounts
-and unlinks it, and the kernel then deletes every link inside asynchronously.
+and unlinks it, and the kernel then deletes every link inside in its next
+clean-up pass. ``close()`` waits until that pass has removed the host ends of
+veth pairs into the namespace; namespaces removed together in one
+:func:`~vmanager.net.batch_removal` share one pass.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import logging
 import os
 
 from vmanager.errors import ConfigError, NetworkError
+from vmanager.net import _pending
 from vmanager.net._netlink import NETNS_DIR, check_netns_name, netns_exists, netns_path
 from vmanager.net._nsthread import create_netns, remove_netns
 from vmanager.net._resource import Resource, UndoStack
@@ -79,6 +83,10 @@ class Namespace(Resource):
         log.info("created network namespace %s", self.name)
 
     def _remove(self) -> None:
+        pending = _pending.current()
+        if pending is not None:  # removed, and waited for, with the batch's others
+            pending.defer_namespace(self.name)
+            return
         if not self.exists:
             return
         try:

@@ -24,6 +24,7 @@ Without ``namespace`` everything lives in the host namespace.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -39,6 +40,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, HostError, NetworkError
 from vmanager.net._netlink import (
+    add_link,
     check_netns_name,
     delete_link,
     kernel_call,
@@ -46,9 +48,10 @@ from vmanager.net._netlink import (
     require,
     require_absent,
     rtnl,
+    rtnl_and_sysfs,
 )
 from vmanager.net._nsexec import read_file, tun_open
-from vmanager.net._nsthread import Unsupported, read_at, with_sysfs
+from vmanager.net._nsthread import read_at
 from vmanager.net._resource import Resource, UndoStack
 
 if TYPE_CHECKING:
@@ -188,24 +191,31 @@ class VirtualNic(Resource):
 
     def _build(self, undo: UndoStack) -> None:
         ns = self.namespace
-        with rtnl() as host, rtnl(ns) as ipr:
+        sysfs: int | None = None
+        with contextlib.ExitStack() as stack:
+            host = stack.enter_context(rtnl())
+            if ns is None:
+                ipr = host
+            elif self.mode == "macvtap":
+                # one helper thread makes the namespace's socket and sysfs
+                ipr, sysfs = stack.enter_context(rtnl_and_sysfs(ns))
+            else:
+                ipr = stack.enter_context(rtnl(ns))
             if self.mode == "tap":
                 # TUNSETIFF would silently attach to an existing tap: check first
                 require_absent(host, self.port, None)
                 for name in (self.sink, self.device, self.name + "b"):
                     require_absent(ipr, name, ns)
-            self._add_veth(host, ipr, undo)
-            sink = require(ipr, self.sink, ns)
+            sink = self._add_veth(host, ipr, undo)
             with kernel_call("set up", self.sink, ns):
                 ipr.link("set", index=sink, state="up")
             if self.mode == "macvtap":
                 self._add_macvtap(ipr, sink)
+                self._make_device_node(undo, sysfs)
             else:
                 self._add_tap(ipr, undo)
                 with kernel_call("set up", self.device, ns):
                     ipr.link("set", index=require(ipr, self.device, ns), state="up")
-        if self.mode == "macvtap":
-            self._make_device_node(undo)
         log.info("created %r", self)
 
     def _name_taken(self, host: Any, ipr: Any, names: tuple[str, ...]) -> None:
@@ -216,7 +226,8 @@ class VirtualNic(Resource):
             if name != self.port:
                 require_absent(ipr, name, self.namespace)
 
-    def _add_veth(self, host: Any, ipr: Any, undo: UndoStack) -> None:
+    def _add_veth(self, host: Any, ipr: Any, undo: UndoStack) -> int:
+        """Add the veth pair (the port up) and return the sink's ifindex."""
         peer: dict[str, object] = {"ifname": self.sink}
         nsfd = os.open(netns_path(self.namespace), os.O_RDONLY) if self.namespace else None
         try:
@@ -224,7 +235,7 @@ class VirtualNic(Resource):
                 peer["net_ns_fd"] = nsfd
             try:
                 # the port comes up with the veth; the sink is brought up in its namespace
-                host.link("add", ifname=self.port, kind="veth", peer=peer, state="up")
+                made = add_link(host, ifname=self.port, kind="veth", peer=peer, state="up")
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
                     self._name_taken(host, ipr, (self.port, self.sink))
@@ -236,6 +247,9 @@ class VirtualNic(Resource):
         # Deleting one end of a veth deletes both, and with the sink its macvtap, in
         # one request: each delete waits ~20 ms for the kernel (RCU), so one, not two.
         undo.push(f"delete veth {self.port}", lambda: delete_link(self.port, None))
+        # the kernel's echo names the peer (IFLA_LINK) and saves a lookup
+        sink = made.get_attr("IFLA_LINK") if made is not None else None
+        return int(sink) if sink else require(ipr, self.sink, self.namespace)
 
     def _add_macvtap(self, ipr: Any, sink: int) -> None:
         """Add the macvtap on ``sink``, up. The veth's undo step removes it too."""
@@ -268,14 +282,15 @@ class VirtualNic(Resource):
         with kernel_call("set up", bridge, ns):
             ipr.link("set", index=index, state="up")
 
-    def _read_dev_numbers(self) -> tuple[int, int]:
+    def _read_dev_numbers(self, sysfs: int | None) -> tuple[int, int]:
         """The macvtap's ``dev`` numbers, from sysfs as the NIC's namespace shows it.
 
         A macvtap's minor is assigned where it lives, so it is read there:
         ``class/net/NAMEt/macvtap/`` holds one entry, ``tap<ifindex>``, whose
-        ``dev`` says ``major:minor``. Another namespace's sysfs is made by a helper
-        thread inside it (no process); where the kernel lacks ``fsopen``, the
-        helper process reads it.
+        ``dev`` says ``major:minor``. ``sysfs`` is that namespace's sysfs (a
+        directory descriptor, made with the namespace's socket); without it,
+        the host's ``/sys`` is read for a NIC in the host namespace and a helper
+        process reads it for one elsewhere (kernels without ``fsopen``).
         """
         base = f"class/net/{self.device}/macvtap"
 
@@ -290,17 +305,16 @@ class VirtualNic(Resource):
                 os.close(where)
 
         try:
-            if self.namespace is None:
-                sysfs = os.open("/sys", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            if sysfs is not None:
+                text = read(sysfs)
+            elif self.namespace is None:
+                host_sysfs = os.open("/sys", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
                 try:
-                    text = read(sysfs)
+                    text = read(host_sysfs)
                 finally:
-                    os.close(sysfs)
+                    os.close(host_sysfs)
             else:
-                try:
-                    text = with_sysfs(netns_path(self.namespace), read)
-                except Unsupported:
-                    text = self._read_dev_numbers_by_process()
+                text = self._read_dev_numbers_by_process()
             major, minor = (int(part) for part in text.strip().split(":"))
         except (OSError, ValueError) as exc:
             raise HostError(f"cannot read the device numbers of macvtap {self.device!r} "
@@ -314,8 +328,8 @@ class VirtualNic(Resource):
         path = f"/sys/class/net/{self.device}/macvtap/tap{ifindex}/dev"
         return read_file(self.namespace, path, sysfs=True).decode()
 
-    def _make_device_node(self, undo: UndoStack) -> None:
-        major, minor = self._read_dev_numbers()
+    def _make_device_node(self, undo: UndoStack, sysfs: int | None) -> None:
+        major, minor = self._read_dev_numbers(sysfs)
         node = _device_dir() / f"{self.namespace or '-host'}.{self.device}"
         try:
             node.unlink(missing_ok=True)  # a stale node from a crashed run

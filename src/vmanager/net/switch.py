@@ -23,6 +23,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from vmanager import validate
 from vmanager.errors import ConfigError, HostError, NetworkError, NotFoundError
+from vmanager.net import _pending
 from vmanager.net._netlink import (
     attr,
     delete_link,
@@ -121,6 +122,7 @@ class Switch(Resource):
         #: or ``"nftables"`` (access ports only); ``None`` without vlan_filtering
         self.vlan_backend: VlanBackend | None = None
         self._ports: dict[str, SwitchPort] = {}
+        self._index: int | None = None  # the bridge's ifindex, once created
         self._init_done(create)
 
     def __repr__(self) -> str:
@@ -146,7 +148,7 @@ class Switch(Resource):
                 ipr.link("add", ifname=self.name, kind="bridge", br_stp_state=0,
                          br_forward_delay=0)
             undo.push(f"delete bridge {self.name}", lambda: delete_link(self.name, None))
-            index = require(ipr, self.name, None)
+            index = self._index = require(ipr, self.name, None)
             if self.vlan_filtering:
                 missing = self._kernel_vlan_filtering(ipr, index)
                 if missing is None:
@@ -297,7 +299,7 @@ class Switch(Resource):
             if master:
                 owner = attr(ipr.link("get", index=master)[0], "IFLA_IFNAME")
                 raise ConfigError(f"{ifname!r} is already connected to {owner!r}")
-            bridge = require(ipr, self.name, None)
+            bridge = self._bridge_index(ipr)
             if self.vlan_backend is None:
                 # nothing to set up in between: enslave and bring up in one request
                 with kernel_call(f"connect to switch {self.name}", ifname, None):
@@ -322,6 +324,13 @@ class Switch(Resource):
         log.info("switch %s: connected %s%s", self.name, ifname,
                  f" vlan={access} vlans={sorted(tagged)}" if self.vlan_filtering else "")
         return config
+
+    def _bridge_index(self, ipr: Any) -> int:
+        """The bridge's ifindex (it stays the same while the bridge exists; should the
+        bridge be gone, the kernel refuses the enslaving request that uses it)."""
+        if self._index is None:
+            self._index = require(ipr, self.name, None)
+        return self._index
 
     def _apply_vlans(self, ipr: Any, index: int, config: SwitchPort) -> None:
         wanted: dict[int, list[str]] = {vid: [] for vid in config.vlans}
@@ -368,6 +377,11 @@ class Switch(Resource):
     def _disconnect_all(self) -> None:
         failures = []
         if not self._ports:
+            return
+        if _pending.current() is not None and self.vlan_backend != "nftables":
+            # the bridge is deleted in the same batch, which releases its ports; with
+            # the nftables fallback they must leave before its VLAN rules go
+            self._ports.clear()
             return
         with rtnl() as ipr:
             for ifname in list(self._ports):
