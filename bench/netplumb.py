@@ -66,9 +66,10 @@ def _group_round(n: int, tag: str) -> float:
     """A Group: namespaces, then NICs, made in parallel; one teardown at the end."""
     with timer() as t, Group() as group:
         sw = group.enter(Switch(f"{PREFIX}{tag}sw"))
-        nss = group.create_all(Namespace(f"{PREFIX}-{tag}{i}") for i in range(n))
-        nics = group.create_all(VirtualNic(f"{PREFIX[:4]}{tag}{i}", namespace=ns.name)
-                                for i, ns in enumerate(nss))
+        nss = group.create_all(Namespace(f"{PREFIX}-{tag}{i}", create=False)
+                               for i in range(n))
+        nics = group.create_all(VirtualNic(f"{PREFIX[:4]}{tag}{i}", namespace=ns.name,
+                                           create=False) for i, ns in enumerate(nss))
         for nic in nics:
             sw.connect(nic)
     return t()

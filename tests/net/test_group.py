@@ -40,11 +40,11 @@ def _master(ifname: str) -> int | None:
 
 
 def test_teardown_removes_everything_before_returning(name: Any) -> None:
-    sw = Switch(name("sw")).create()
+    sw = Switch(name("sw"))
     made: list[Any] = [sw]
     for _ in range(5):
-        ns = Namespace(name("ns")).create()
-        nic = VirtualNic(name("p"), namespace=ns).create()
+        ns = Namespace(name("ns"))
+        nic = VirtualNic(name("p"), namespace=ns)
         sw.connect(nic)
         made += [ns, nic]
     nodes = [o.device_node for o in made if isinstance(o, VirtualNic)]
@@ -67,7 +67,7 @@ def test_namespace_close_waits_for_links_into_it(name: Any) -> None:
     The kernel deletes it in its clean-up pass after the namespace is removed,
     tens of milliseconds later; close() waits for that.
     """
-    ns = Namespace(name("ns")).create()
+    ns = Namespace(name("ns"))
     host_end = name("v")
     veth_into(host_end, ns.name)
     assert _exists(host_end)
@@ -77,9 +77,9 @@ def test_namespace_close_waits_for_links_into_it(name: Any) -> None:
 
 
 def test_removals_in_a_batch_happen_when_it_ends(name: Any) -> None:
-    sw = Switch(name("sw")).create()
-    ns = Namespace(name("ns")).create()
-    nic = VirtualNic(name("p"), namespace=ns).create()
+    sw = Switch(name("sw"))
+    ns = Namespace(name("ns"))
+    nic = VirtualNic(name("p"), namespace=ns)
     sw.connect(nic)
     with batch_removal():
         nic.close()
@@ -95,7 +95,7 @@ def test_removals_in_a_batch_happen_when_it_ends(name: Any) -> None:
 
 
 def test_batch_is_carried_out_when_the_block_raises(name: Any) -> None:
-    ns = Namespace(name("ns")).create()
+    ns = Namespace(name("ns"))
     with pytest.raises(RuntimeError, match="boom"), batch_removal():
         ns.close()
         raise RuntimeError("boom")
@@ -104,7 +104,7 @@ def test_batch_is_carried_out_when_the_block_raises(name: Any) -> None:
 
 def test_batches_are_per_thread(name: Any) -> None:
     """A batch open in one thread does not capture another thread's removals."""
-    other = Namespace(name("ns")).create()
+    other = Namespace(name("ns"))
     with batch_removal():
         worker = threading.Thread(target=other.close)
         worker.start()
@@ -113,7 +113,7 @@ def test_batches_are_per_thread(name: Any) -> None:
 
 
 def test_several_host_links_go_as_one_group(name: Any) -> None:
-    switches = [Switch(name("sw")).create() for _ in range(3)]
+    switches = [Switch(name("sw")) for _ in range(3)]
     teardown(switches)
     assert not any(_exists(sw.name) for sw in switches)
 
@@ -126,7 +126,7 @@ def test_group_delete_spares_links_that_are_not_ours(name: Any, monkeypatch: Any
     with IPRoute() as ipr:
         ipr.link("add", ifname=foreign, kind="bridge", group=group)
     try:
-        switches = [Switch(name("sw")).create() for _ in range(2)]
+        switches = [Switch(name("sw")) for _ in range(2)]
         teardown(switches)
         assert not any(_exists(sw.name) for sw in switches)
         assert _exists(foreign)
@@ -138,8 +138,9 @@ def test_group_delete_spares_links_that_are_not_ours(name: Any, monkeypatch: Any
 def test_group_creates_in_parallel_and_tears_down_in_one_pass(name: Any) -> None:
     with Group(workers=3) as group:
         sw = group.enter(Switch(name("sw")))
-        nss = group.create_all(Namespace(name("ns")) for _ in range(6))
-        nics = group.create_all(VirtualNic(name("p"), namespace=ns) for ns in nss)
+        nss = group.create_all(Namespace(name("ns"), create=False) for _ in range(6))
+        nics = group.create_all(VirtualNic(name("p"), namespace=ns, create=False)
+                                for ns in nss)
         for nic in nics:
             sw.connect(nic)
         assert all(ns.exists for ns in nss)
@@ -152,16 +153,17 @@ def test_group_creates_in_parallel_and_tears_down_in_one_pass(name: Any) -> None
     assert not any(ns.exists for ns in nss)
     assert not any(_exists(nic.port) for nic in nics) and not _exists(sw.name)
     with pytest.raises(StateError):
-        group.enter(Namespace(name("ns")))
+        group.enter(Namespace(name("ns"), create=False))
 
 
 def test_create_all_keeps_what_it_made_when_one_fails(name: Any) -> None:
-    taken = Namespace(name("ns")).create()
+    taken = Namespace(name("ns"))
     try:
         group = Group()
-        fresh = [Namespace(name("ns")) for _ in range(3)]
+        fresh = [Namespace(name("ns"), create=False) for _ in range(3)]
         with pytest.raises(ConfigError, match="already exists"), group:
-            group.create_all([fresh[0], Namespace(taken.name), fresh[1], fresh[2]])
+            group.create_all([fresh[0], Namespace(taken.name, create=False), fresh[1],
+                              fresh[2]])
         # the others were made, then removed when the group closed; the existing one stays
         assert all(ns.state is Lifecycle.CLOSED and not ns.exists for ns in fresh)
         assert taken.exists
@@ -174,14 +176,14 @@ def test_teardown_goes_on_after_a_failure(name: Any) -> None:
         def close(self) -> None:
             raise NetworkError("cannot")
 
-    ns = Namespace(name("ns")).create()
+    ns = Namespace(name("ns"))
     with pytest.raises(NetworkError, match="cannot"):
         teardown([Broken(), ns])
     assert not ns.exists
 
 
 def test_teardown_refuses_objects_it_cannot_close(name: Any) -> None:
-    ns = Namespace(name("ns")).create()
+    ns = Namespace(name("ns"))
     with pytest.raises(ConfigError, match="neither"):
         teardown([object(), ns])
     assert not ns.exists

@@ -10,8 +10,8 @@ and Python waits less.
 
 >>> with Group() as g:                                   # doctest: +SKIP
 ...     sw = g.enter(Switch("sw0"))
-...     nss = g.create_all(Namespace(f"m{i}") for i in range(10))
-...     nics = g.create_all(VirtualNic(namespace=ns) for ns in nss)
+...     nss = g.create_all(Namespace(f"m{i}", create=False) for i in range(10))
+...     nics = g.create_all(VirtualNic(namespace=ns, create=False) for ns in nss)
 ...     for nic in nics:
 ...         sw.connect(nic)
 ...     m = g.enter(Machine("a", nics=[nics[0]]))
@@ -88,7 +88,8 @@ class Group:
     """Objects that are made as a group and torn down together, in reverse order.
 
     :meth:`enter` enters one object (like :meth:`contextlib.ExitStack.enter_context`:
-    a Switch or Namespace is created, a Machine is entered) and remembers it;
+    a Switch or Namespace made with ``create=False`` is created, a Machine is
+    entered) and remembers it;
     :meth:`create_all` creates many independent ones in parallel. Leaving the
     ``with`` block (or :meth:`close`) tears every remembered object down with
     :func:`teardown`: one kernel clean-up pass for all of them, and nothing
@@ -149,7 +150,9 @@ class Group:
     def create_all(self, objects: Iterable[T]) -> list[T]:
         """Enter every object of ``objects`` from up to ``workers`` threads at once.
 
-        The objects must not depend on each other (make namespaces in one call,
+        Pass network objects made with ``create=False``: entering creates them
+        (objects created already are only remembered). The objects must not
+        depend on each other (make namespaces in one call,
         then the NICs inside them in the next). Every object that was entered is
         remembered, in the given order, also when others failed.
 
