@@ -117,16 +117,21 @@ def test_image_json() -> None:
     assert "backing" not in json.loads(qemu_img.image_json("/a", fmt="raw")[5:])
 
 
-def test_legacy_strings_split_back(tmp_path: Path) -> None:
+def test_qemu_strings_split_back_into_the_qemu_args(tmp_path: Path) -> None:
     odd = tmp_path / "my disk,1.qcow2"
-    hd = Harddrive(odd, readonly=True)
-    assert shlex.split(hd.qemu_string) == [
-        "-drive", f"file={str(odd).replace(',', ',,')},format=qcow2,if=virtio,media=disk,"
-        "readonly=on"]
+    hd = Harddrive(odd, readonly=True, size="1M")
+    hd.create()
+    argv = shlex.split(hd.qemu_string)
+    tag = argv[-1].split("id=")[1]
+    assert tag.startswith("hd-") and argv == hd._args(tag, tag, bootindex=None, bus=None)
+    assert json.loads(argv[1])["filename"] == str(odd)
+    assert argv[-2:] == ["-device", f"virtio-blk-pci,drive={tag},id={tag}"]
     iso = tmp_path / "x.iso"
     iso.write_bytes(b"")
-    assert shlex.split(CD(iso).qemu_string) == [
-        "-drive", f"file={iso},format=raw,media=cdrom,readonly=on,if=ide"]
+    argv = shlex.split(CD(iso).qemu_string)
+    assert argv[-1].startswith("ide-cd,drive=cd-") and json.loads(argv[1])["filename"] == str(iso)
+    other = shlex.split(CD(tmp_path / "my disk,1.qcow2").qemu_string)
+    assert other[-1] != argv[-1]  # ids follow the path: strings combine on one command line
 
 
 @pytest.mark.parametrize("index", [-1, True, "0", 1.0])

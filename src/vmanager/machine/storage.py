@@ -123,6 +123,8 @@ class StorageMixin(MachineBase):
             ctx.add(*drive.qemu_args(index, bootindex=_bootindex(order, drive.device_id(index))))
         if self.cd is not None:
             ctx.add(*self.cd.qemu_args(0, bootindex=_bootindex(order, self.cd.device_id(0))))
+            self.cd.attach(self)
+            ctx.stack.callback(self._detach_cd)
             self._cd_drive = True
             self._cd_nodes = [self.cd.node_name(0), f"{self.cd.node_name(0)}-file"]
         # Options of one -m merge, so this adds hot-plug room to the core's "-m size".
@@ -149,11 +151,16 @@ class StorageMixin(MachineBase):
             super()._teardown()
         finally:
             self._detach_drives()
+            self._detach_cd()
             self._cd_drive = False
             self._cd_nodes = []
             self._state_node = False
             self._incoming = False
             self._chardevs = {}
+
+    def _detach_cd(self) -> None:
+        if self.cd is not None:
+            self.cd.detach(self)
 
     def _detach_drives(self) -> None:
         for drive in self._attached:
@@ -196,20 +203,34 @@ class StorageMixin(MachineBase):
             raise NotFoundError(f"{self.name}: block node {node} is gone")
         return [SnapshotInfo.from_json(s) for s in entry.get("image", {}).get("snapshots", [])]
 
-    def resize_harddrive(self, drive: Harddrive | int, size: int | str) -> int:
-        """Grow ``drive`` (a Harddrive of this machine or its index) to ``size`` while it runs.
+    def resize_harddrive(self, drive: Harddrive | int, size: int | str, *,
+                         shrink: bool = False) -> int:
+        """Resize ``drive`` (a Harddrive of this machine or its index) to ``size``.
 
-        ``size`` is bytes or a string like ``"2G"``. Uses QMP ``block_resize``; the
-        guest sees the new size at once (virtio-blk and scsi report it). Returns
-        the new size in bytes. Raises :class:`StorageError` when ``size`` is below
-        the current size (shrinking under a running guest destroys its data) or
-        the disk is read-only, :class:`NotFoundError` for a drive that is not
-        this machine's. Offline, use :meth:`Harddrive.resize`.
+        The seed's call. A stopped machine's disk is resized offline through
+        :meth:`Harddrive.resize`; a running (or frozen) machine's online with
+        QMP ``block_resize``, and the guest sees the new size at once (virtio-blk
+        and scsi report it). ``size`` is bytes or a string like ``"2G"``. Returns
+        the new size in bytes.
+
+        Shrinking loses whatever lies past the new end (under a running guest, its
+        file systems break), so it is refused unless ``shrink=True``.
+
+        Raises:
+            StorageError: shrinking without ``shrink=True``; a read-only disk;
+                qemu-img or QEMU refused.
+            NotFoundError: ``drive`` is not this machine's.
+            ConfigError: a bad size.
         """
         index = self._drive_index(drive)
         disk = self.harddrives[index]
         nbytes = validate.size(size, what="disk size")
-        self._require_state(State.RUNNING, State.PAUSED, action="resize a harddrive online")
+        if not isinstance(shrink, bool):
+            raise ConfigError(f"shrink= takes True or False, got {shrink!r}")
+        if not self.is_alive():
+            if self.state is State.STOPPED:
+                self.kill()  # QEMU exited by itself: clean up, which releases the disk
+            return disk.resize(nbytes, shrink=shrink).virtual_size
         if disk.readonly:
             raise StorageError(f"{disk.path} is attached read-only; it cannot be resized")
         node = disk.node_name(index)
@@ -217,12 +238,12 @@ class StorageMixin(MachineBase):
         if entry is None:
             raise NotFoundError(f"{self.name}: block node {node} is gone")
         current = int(entry["image"]["virtual-size"])
-        if nbytes < current:
-            raise StorageError(f"refusing to shrink {disk.path} from {current} to {nbytes} "
-                               "bytes while the guest uses it; only growing is supported "
-                               "online")
         if nbytes == current:
             return current
+        if nbytes < current and not shrink:
+            raise StorageError(f"refusing to shrink {disk.path} from {current} to {nbytes} "
+                               "bytes: data past the new end would be lost under the running "
+                               "guest; pass shrink=True to do it anyway")
         try:
             self.qmp("block_resize", {"node-name": node, "size": nbytes})
         except QMPError as exc:
@@ -360,20 +381,32 @@ class StorageMixin(MachineBase):
 
     # -- CD-ROM ---------------------------------------------------------------------
     def eject(self) -> None:
-        """Open the CD tray and take the medium out (the seed's ``eject``).
+        """Eject the CD (the seed's ``eject``: it calls :meth:`CD.eject`).
 
-        On a running machine the guest sees an empty drive; a stopped machine
-        just forgets its CD. Raises :class:`StateError` when there is no CD in
-        the drive.
+        On a running machine the tray opens and the medium is removed: the guest
+        sees an empty drive. A stopped machine just forgets its CD for the next
+        start. Raises :class:`StateError` when there is no CD to eject.
         """
         if self.state not in (State.RUNNING, State.PAUSED):
             if self.cd is None:
                 raise StateError(f"machine {self.name!r} has no CD to eject", state="no CD")
             self.cd = None
             return
-        if not self._cd_drive or not self._cd_nodes:
+        if self.cd is None or not self._cd_drive or not self._cd_nodes:
             raise StateError(f"machine {self.name!r} has no CD in its drive to eject",
                              state="no CD", required="a CD in the drive")
+        self.cd.eject(machine=self)
+
+    def eject_cd(self, cd: CD) -> None:
+        """Take ``cd`` out of the running machine's drive; what :meth:`CD.eject` calls.
+
+        Raises :class:`StateError` when ``cd`` is not in this machine's drive,
+        :class:`StorageError` when QEMU refuses.
+        """
+        self._require_state(State.RUNNING, State.PAUSED, action="eject a CD")
+        if cd is not self.cd or not self._cd_nodes:
+            raise StateError(f"{cd!r} is not in the drive of machine {self.name!r}",
+                             state="not in the drive", required="in the drive")
         try:
             self.qmp("blockdev-open-tray", {"id": "cd0", "force": True})
             self.qmp("blockdev-remove-medium", {"id": "cd0"})
@@ -381,8 +414,9 @@ class StorageMixin(MachineBase):
             raise StorageError(f"{self.name}: ejecting the CD failed: {exc.description}") \
                 from exc
         self._drop_medium_nodes()
-        self.log.info("ejected %s", self.cd)
+        cd.detach(self)
         self.cd = None
+        self.log.info("ejected %s", cd)
 
     def change_cd(self, cd: CD) -> None:
         """Put ``cd`` in the CD drive of the running machine (replacing any medium).
@@ -421,7 +455,10 @@ class StorageMixin(MachineBase):
             raise StorageError(f"{self.name}: inserting {cd.path} failed: "
                                f"{exc.description}") from exc
         self._cd_nodes = [node]
+        if self.cd is not None:
+            self.cd.detach(self)
         self.cd = cd
+        cd.attach(self)
         try:
             self.qmp("blockdev-close-tray", {"id": "cd0"})
         except QMPError as exc:

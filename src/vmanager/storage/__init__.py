@@ -6,7 +6,7 @@ happens here with ``qemu-img`` and an ISO tool; live work on a running machine
 uses :meth:`Harddrive.qemu_args`/:meth:`CD.qemu_args` node names and device ids.
 """
 
-from vmanager.storage.cd import CD
+from vmanager.storage.cd import CD, CDUser
 from vmanager.storage.chain import BackingEscapeError
 from vmanager.storage.harddrive import DiskUser, Harddrive
 from vmanager.storage.qemu_img import ImageInfo, QemuImgError, SnapshotInfo
@@ -14,6 +14,7 @@ from vmanager.storage.qemu_img import ImageInfo, QemuImgError, SnapshotInfo
 __all__ = [
     "CD",
     "BackingEscapeError",
+    "CDUser",
     "DiskUser",
     "Harddrive",
     "ImageInfo",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import shlex
+import os
+import zlib
 from typing import Any
 
 #: Disk interfaces and the QEMU device model each one uses.
@@ -35,10 +36,12 @@ def scsi_controller(controller_id: str) -> list[str]:
     return device("virtio-scsi-pci", id=controller_id)
 
 
-def legacy_drive(**opts: str) -> str:
-    """A shell-quoted ``-drive key=value,...`` string; ``shlex.split`` gives its argv."""
-    value = ",".join(f"{k}={v.replace(',', ',,')}" for k, v in opts.items())
-    return f"-drive {shlex.quote(value)}"
+def tag(prefix: str, path: str | os.PathLike[str]) -> str:
+    """A node name / device id derived from an image path (``hd-1a2b3c4d``).
+
+    Used by ``qemu_string``, which has no drive number to name things after.
+    """
+    return f"{prefix}-{zlib.crc32(os.fsencode(path)):08x}"
 
 
 def attach(driver: str, *, interface: str, node: str, dev_id: str, bus: str | None,

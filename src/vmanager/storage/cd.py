@@ -15,15 +15,17 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 import weakref
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 from vmanager import validate
-from vmanager.errors import CommandError, ConfigError, HostError, NotFoundError
+from vmanager.errors import CommandError, ConfigError, HostError, NotFoundError, StateError
 from vmanager.storage import _blockdev
 from vmanager.storage.qemu_img import StrPath
 
@@ -37,6 +39,20 @@ ISO_TIMEOUT = 120.0
 # ISO 9660 allows 32 characters; cloud-init wants "cidata" in lower case, so this is
 # looser than the standard's d-characters, as both tools are.
 _VOLID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
+
+
+class CDUser(Protocol):
+    """What a running machine offers a :class:`CD` in its drive.
+
+    The machine (``vmanager.machine``) implements this; storage never imports it.
+    """
+
+    @property
+    def name(self) -> str:
+        """The machine's name, for error messages."""
+
+    def eject_cd(self, cd: CD) -> None:
+        """Take ``cd`` out of the machine's drive (the guest sees an empty drive)."""
 
 
 class CD:
@@ -62,6 +78,7 @@ class CD:
             raise ConfigError(f"ISO image {self.path} is not a regular file")
         self.interface = interface
         self._cleanup: weakref.finalize[..., CD] | None = None
+        self._users: list[CDUser] = []
 
     def __repr__(self) -> str:
         return f"CD({str(self.path)!r})"
@@ -88,6 +105,53 @@ class CD:
                  tb: TracebackType | None) -> None:
         self.close()
 
+    # -- in a machine's drive --------------------------------------------------------
+
+    @property
+    def attached_to(self) -> tuple[str, ...]:
+        """Names of the running machines that have this CD in their drive."""
+        return tuple(user.name for user in self._users)
+
+    def attach(self, user: CDUser) -> None:
+        """Note that ``user``'s drive holds this CD (called by the machine)."""
+        if not any(u is user for u in self._users):
+            self._users.append(user)
+
+    def detach(self, user: CDUser) -> None:
+        """Undo :meth:`attach`; a machine that is not attached is ignored."""
+        self._users = [u for u in self._users if u is not user]
+
+    def eject(self, *, machine: CDUser | None = None) -> None:
+        """Eject this CD from the running machine whose drive holds it (the seed's ``eject``).
+
+        The machine opens its tray and removes the medium: the guest sees an
+        empty drive. ``machine`` chooses one when the same ISO is in several
+        machines' drives. :meth:`vmanager.Machine.eject` calls this.
+
+        Raises:
+            StateError: the CD is in no running machine's drive (nothing to eject
+                from), it is in several and ``machine`` was not given, or it is not
+                in ``machine``'s drive.
+            StorageError: QEMU refused to eject it.
+        """
+        if machine is not None:
+            if not any(u is machine for u in self._users):
+                raise StateError(f"{self!r} is not in the drive of machine {machine.name!r}; "
+                                 "nothing to eject", state="not attached", required="attached")
+            machine.eject_cd(self)
+            return
+        if not self._users:
+            raise StateError(f"{self!r} is not in any running machine's drive, so there is "
+                             "nothing to eject it from (give it to Machine(cd=...) and start "
+                             "the machine, or use Machine.change_cd())",
+                             state="not attached", required="attached")
+        if len(self._users) > 1:
+            raise StateError(f"{self!r} is in the drives of machines "
+                             f"{', '.join(self.attached_to)}; pass machine= to say which "
+                             "one to eject it from", state="attached to several",
+                             required="one machine")
+        self._users[0].eject_cd(self)
+
     # -- QEMU arguments --------------------------------------------------------------
 
     def node_name(self, index: int) -> str:
@@ -111,10 +175,13 @@ class CD:
         boot priority. Raises :class:`NotFoundError` if the ISO
         has gone.
         """
+        return self._args(self.node_name(index), self.device_id(index), bootindex=bootindex,
+                          bus=bus)
+
+    def _args(self, node: str, dev_id: str, *, bootindex: int | None,
+              bus: str | None) -> list[str]:
         if not self.path.is_file():
             raise NotFoundError(f"ISO image {self.path} does not exist")
-        node = self.node_name(index)
-        dev_id = self.device_id(index)
         args = _blockdev.blockdev({"driver": "file", "filename": str(self.path),
                                    "node-name": f"{node}-file", "read-only": True})
         args += _blockdev.blockdev({"driver": "raw", "file": f"{node}-file",
@@ -126,9 +193,19 @@ class CD:
 
     @property
     def qemu_string(self) -> str:
-        """The seed's legacy ``-drive`` option, shell-quoted; prefer :meth:`qemu_args`."""
-        return _blockdev.legacy_drive(file=str(self.path), format="raw", media="cdrom",
-                                      readonly="on", **{"if": self.interface})
+        """The options that give a QEMU command line this CD, as one shell-quoted string.
+
+        The seed's ``cd.qemu_string``: ``shlex.split()`` turns it into argv items
+        QEMU takes as they are (``-blockdev`` for the ISO, read-only, and the
+        CD-ROM ``-device``, with its own controller for ``interface="scsi"``).
+        Node and device id are ``cd-`` plus a hash of the path, so the strings of
+        several disks and CDs combine on one command line. Raises
+        :class:`NotFoundError` if the ISO is gone.
+
+        >>> argv = [qemu, *shlex.split(cd.qemu_string)]   # doctest: +SKIP
+        """
+        tag = _blockdev.tag("cd", self.path)
+        return shlex.join(self._args(tag, tag, bootindex=None, bus=None))
 
     # -- building --------------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -368,7 +369,11 @@ class Harddrive:
         ``bootindex`` sets its boot priority. Checks the image as
         :meth:`info` does and raises the same errors.
         """
-        node = self.node_name(index)
+        return self._args(self.node_name(index), self.device_id(index), bootindex=bootindex,
+                          bus=bus)
+
+    def _args(self, node: str, dev_id: str, *, bootindex: int | None,
+              bus: str | None) -> list[str]:
         top = self.info()
         layers = [top, *top.backing_chain]
         names = [node] + [f"{node}-b{n}" for n in range(1, len(layers))]
@@ -387,22 +392,27 @@ class Harddrive:
                 fmt_node["backing"] = names[depth + 1] if depth + 1 < len(layers) else None
             args += _blockdev.blockdev(fmt_node)
         driver = _blockdev.DISK_DEVICES[self.interface]
-        dev_id = self.device_id(index)
         args += _blockdev.attach(driver, interface=self.interface, node=node, dev_id=dev_id,
                                  bus=bus, bootindex=bootindex)
         return args
 
     @property
     def qemu_string(self) -> str:
-        """The seed's legacy ``-drive`` option, shell-quoted (``shlex.split`` it).
+        """The options that give a QEMU command line this disk, as one shell-quoted string.
 
-        Lets QEMU open the backing chain by itself; prefer :meth:`qemu_args`.
+        The seed's ``harddrive.qemu_string``: ``shlex.split()`` turns it into argv
+        items QEMU takes as they are: the same ``-blockdev`` nodes as
+        :meth:`qemu_args` (the image and each backing file the chain check
+        accepted, wired explicitly, so QEMU opens exactly these files) and the
+        ``-device`` (with its own controller for ``interface="scsi"``). Node and
+        device id are ``hd-`` plus a hash of the path, so the strings of several
+        disks and CDs combine on one command line. Checks the image as
+        :meth:`info` does and raises the same errors.
+
+        >>> argv = [qemu, *shlex.split(disk.qemu_string)]   # doctest: +SKIP
         """
-        opts = {"file": str(self.path), "format": self.format, "if": self.interface,
-                "media": "disk"}
-        if self.readonly:
-            opts["readonly"] = "on"
-        return _blockdev.legacy_drive(**opts)
+        tag = _blockdev.tag("hd", self.path)
+        return shlex.join(self._args(tag, tag, bootindex=None, bus=None))
 
 
 class _Builder(Protocol):
