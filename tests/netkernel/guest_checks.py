@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -228,11 +229,72 @@ def check_bond_constructs(out: Result) -> None:
         out["gone_after_with"] = not Interface("bcbond2").exists
 
 
+def ping_stats(netns: str, address: str, *, count: int, interval: float = 0.2,
+               size: int | None = None) -> Result:
+    """Busybox ping's summary: replies received, duplicates, average RTT in ms."""
+    argv = ["ping", "-c", str(count), "-i", str(interval), "-W", "2"]
+    if size is not None:
+        argv += ["-s", str(size)]
+    result = sys_command([*argv, address], netns=netns, check=False,
+                         timeout=count * (interval + 2) + 20)
+    text = result.stdout + result.stderr
+    received = re.search(r"(\d+) packets received", text)
+    dups = re.search(r"\+(\d+) duplicates", text)
+    rtt = re.search(r"min/avg/max = ([0-9.]+)/([0-9.]+)/([0-9.]+)", text)
+    return {"received": int(received.group(1)) if received else 0,
+            "duplicates": int(dups.group(1)) if dups else text.count("DUP!"),
+            "min_ms": float(rtt.group(1)) if rtt else None,
+            "avg_ms": float(rtt.group(2)) if rtt else None, "tail": text[-300:]}
+
+
+def check_netem(out: Result) -> None:
+    """VirtualNic.impair on a kernel with sch_netem: two namespaces, tap NICs, one switch."""
+    from vmanager.net import VirtualNic
+    # tap-mode NICs (a bridge in the namespace the namespace's stack can use) need
+    # /dev/net/tun, which the tiny guest's /dev lacks
+    sys_command(["modprobe", "tun"], check=False)
+    if not os.path.exists("/dev/net/tun"):
+        os.makedirs("/dev/net", exist_ok=True)
+        os.mknod("/dev/net/tun", 0o600 | stat.S_IFCHR, os.makedev(10, 200))
+    with ExitStack() as stack:
+        sw = stack.enter_context(Switch("nesw"))
+        nics = []
+        for i in (1, 2):
+            ns = stack.enter_context(Namespace(f"ne{i}"))
+            nic = stack.enter_context(VirtualNic(f"nevn{i}", namespace=ns.name, mode="tap"))
+            inner = Interface(nic.tap_bridge or "", netns=ns.name)
+            inner.add_address(f"10.230.0.{i}/24")
+            inner.up()
+            Interface("lo", netns=ns.name).up()
+            sw.connect(nic)
+            nics.append(nic)
+        a = nics[0]
+        out["reachable"] = wait_for(lambda: ping("ne1", "10.230.0.2"), 10)
+        out["before"] = ping_stats("ne1", "10.230.0.2", count=5)
+        out["set_delay"] = a.impair(delay="100ms").as_dict()
+        out["delayed"] = ping_stats("ne1", "10.230.0.2", count=5)
+        out["set_all"] = a.impair(delay="50ms", jitter="5ms", loss="0.5%", rate="10mbit",
+                                  corrupt="0.1%", duplicate="0.2%", reorder="1%").as_dict()
+        out["read_all"] = a.impairment.as_dict()
+        a.impair(loss="50%")
+        out["lossy"] = ping_stats("ne1", "10.230.0.2", count=40)
+        a.impair(duplicate="100%")
+        out["duplicated"] = ping_stats("ne1", "10.230.0.2", count=5)
+        a.clear_impairment()
+        out["cleared"] = a.impairment.as_dict()
+        out["after"] = ping_stats("ne1", "10.230.0.2", count=5)
+        with rtnl("ne1") as ipr:
+            index = ipr.link_lookup(ifname=a.sink)[0]
+            out["qdiscs_after"] = [str(q.get_attr("TCA_KIND")) for q in
+                                   ipr.get_qdiscs(index=index)]
+
+
 CHECKS: dict[str, Callable[[Result], None]] = {
     "bond_constructs": check_bond_constructs,
     "active_backup": check_active_backup,
     "lacp": check_lacp,
     "vlans": check_vlans,
+    "netem": check_netem,
 }
 
 

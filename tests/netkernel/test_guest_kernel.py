@@ -145,3 +145,27 @@ def test_vlan_switch_trunk_carries_tagged_frames_to_8021q_subinterfaces(
     assert found["trunk_vlan20"], why
     # VLAN 10's sub-interface cannot reach a host that lives on VLAN 20
     assert not found["trunk_vlan10_to_vlan20_host"], why
+
+
+def test_netem_impairment_delays_loses_duplicates_and_clears(run: GuestRun) -> None:
+    found = run.check("netem")
+    why = run.explain("netem")
+    assert found["reachable"], why
+    before, delayed, after = found["before"], found["delayed"], found["after"]
+    assert before["received"] == 5 and before["avg_ms"] < 60, why
+    # the delay applies once per round trip (ne1's egress only)
+    assert found["set_delay"]["delay_us"] == 100_000, why
+    assert delayed["received"] == 5 and delayed["min_ms"] >= 100, why
+    assert delayed["avg_ms"] < before["avg_ms"] + 160, why
+    # every field reaches the kernel and reads back
+    read = found["read_all"]
+    assert (read["delay_us"], read["jitter_us"], read["rate_bit"]) == (50_000, 5_000, 10**7), why
+    for key, value in (("loss", 0.5), ("corrupt", 0.1), ("duplicate", 0.2), ("reorder", 1.0)):
+        assert abs(read[key] - value) < 0.01, (key, why)
+    # 50% loss on the requests: of 40 echoes far fewer than 40 come back (binomial
+    # 40 x 0.5: below 32 with probability > 0.9999), and some do
+    assert 0 < found["lossy"]["received"] < 32, why
+    assert found["duplicated"]["duplicates"] >= 3, why
+    assert found["cleared"]["text"] == "", why
+    assert "netem" not in found["qdiscs_after"], why
+    assert after["received"] == 5 and after["avg_ms"] < 60, why

@@ -66,7 +66,8 @@ GUEST_PYTHON = "/usr/bin/python3"
 PYTHON_PACKAGES = ("python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib")
 PYTHON_VERSION = (3, 11)
 #: Kernel modules added on top of the tiny guest's (with their dependencies).
-EXTRA_MODULES = ("bridge", "veth", "8021q", "bonding", "tun", "macvlan", "macvtap", "dummy")
+EXTRA_MODULES = ("bridge", "veth", "8021q", "bonding", "tun", "macvlan", "macvtap", "dummy",
+                 "sch_netem")
 #: Third-party packages vmanager imports, copied from this interpreter.
 SITE_PACKAGES = ("pyroute2", "qemu")
 #: Where the copied packages and vmanager go (on Debian's ``sys.path`` by ``site``).
