@@ -55,6 +55,8 @@ from vmanager.net._nsthread import read_at
 from vmanager.net._resource import Resource, UndoStack
 
 if TYPE_CHECKING:
+    from vmanager.net.capture import Capture
+    from vmanager.net.impair import Impairment
     from vmanager.net.namespace import Namespace
 
 log = logging.getLogger(__name__)
@@ -87,6 +89,17 @@ def stable_mac(machine_name: str, index: int) -> str:
         raise ConfigError(f"NIC index must be a non-negative integer, got {index!r}")
     digest = hashlib.sha256(f"{machine_name}/{index}".encode()).digest()
     return "52:54:" + ":".join(f"{b:02x}" for b in digest[:4])
+
+
+def validate_mtu(value: object) -> int:
+    """An MTU in bytes: 68 (IPv4's minimum) to 65535.
+
+    >>> validate_mtu(9000)
+    9000
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not 68 <= value <= 65535:
+        raise ConfigError(f"mtu: must be 68 to 65535 bytes, not {value!r}")
+    return value
 
 
 def random_mac() -> str:
@@ -136,8 +149,12 @@ class VirtualNic(Resource):
 
     def __init__(self, name: str | None = None, *, namespace: str | Namespace | None = None,
                  mac: str | None = None, mode: NicMode = "macvtap",
-                 model: str = "virtio-net-pci", create: bool = True) -> None:
+                 model: str = "virtio-net-pci", mtu: int | None = None,
+                 create: bool = True) -> None:
         super().__init__()
+        #: MTU of every link of this NIC (port, sink, macvtap/tap, tap bridge) and,
+        #: for virtio-net, the guest's (``host_mtu``); ``None``: the kernel's 1500
+        self.mtu = validate_mtu(mtu) if mtu is not None else None
         self.mac = validate.mac(mac) if mac is not None else random_mac()
         if name is None:
             name = "vn" + self.mac.replace(":", "")[4:]
@@ -208,7 +225,8 @@ class VirtualNic(Resource):
                     require_absent(ipr, name, ns)
             sink = self._add_veth(host, ipr, undo)
             with kernel_call("set up", self.sink, ns):
-                ipr.link("set", index=sink, state="up")
+                ipr.link("set", index=sink, state="up",
+                         **({"mtu": self.mtu} if self.mtu else {}))
             if self.mode == "macvtap":
                 self._add_macvtap(ipr, sink)
                 self._make_device_node(undo, sysfs)
@@ -235,7 +253,8 @@ class VirtualNic(Resource):
                 peer["net_ns_fd"] = nsfd
             try:
                 # the port comes up with the veth; the sink is brought up in its namespace
-                made = add_link(host, ifname=self.port, kind="veth", peer=peer, state="up")
+                made = add_link(host, ifname=self.port, kind="veth", peer=peer, state="up",
+                                **({"mtu": self.mtu} if self.mtu else {}))
             except NetlinkError as exc:
                 if exc.code == errno.EEXIST:
                     self._name_taken(host, ipr, (self.port, self.sink))
@@ -255,7 +274,8 @@ class VirtualNic(Resource):
         """Add the macvtap on ``sink``, up. The veth's undo step removes it too."""
         try:
             ipr.link("add", ifname=self.device, kind="macvtap", link=sink,
-                     macvtap_mode="passthru", address=self.mac, state="up")
+                     macvtap_mode="passthru", address=self.mac, state="up",
+                     **({"mtu": self.mtu} if self.mtu else {}))
         except NetlinkError as exc:
             if exc.code == errno.EEXIST:
                 self._name_taken(ipr, ipr, (self.device,))
@@ -273,9 +293,13 @@ class VirtualNic(Resource):
         bridge = self.name + "b"
         with kernel_call("add bridge", bridge, ns):
             ipr.link("add", ifname=bridge, kind="bridge", br_stp_state=0,
-                     br_forward_delay=0, br_ageing_time=0)
+                     br_forward_delay=0, br_ageing_time=0,
+                     **({"mtu": self.mtu} if self.mtu else {}))
         undo.push(f"delete bridge {bridge}", lambda: delete_link(bridge, ns))
         index = require(ipr, bridge, ns)
+        if self.mtu:
+            with kernel_call("set mtu", self.device, ns):
+                ipr.link("set", index=require(ipr, self.device, ns), mtu=self.mtu)
         for member in (self.sink, self.device):
             with kernel_call(f"connect to {bridge}", member, ns):
                 ipr.link("set", index=require(ipr, member, ns), master=index)
@@ -368,10 +392,58 @@ class VirtualNic(Resource):
         except (OSError, NetworkError) as exc:
             raise HostError(f"cannot attach to tap {self.device!r}: {exc}") from exc
 
+    def impair(self, *, delay: object = None, jitter: object = None, loss: object = None,
+               rate: object = None, corrupt: object = None, duplicate: object = None,
+               reorder: object = None) -> Impairment:
+        """Impair what the machine sends through this NIC (netem on the sink's egress).
+
+        Replaces any earlier impairment; values as ``tc`` takes them
+        (``delay="40ms", loss="1%", rate="10mbit"``, see :mod:`vmanager.net.impair`).
+        Frames towards the machine are untouched: impair the far end too for a
+        symmetrical link. Returns what the kernel now applies.
+
+        Raises:
+            ConfigError: a value out of range (naming the field).
+            HostError: the kernel has no ``sch_netem``.
+        """
+        from vmanager.net import impair as _impair
+        wanted = _impair.impairment(delay=delay, jitter=jitter, loss=loss, rate=rate,
+                                    corrupt=corrupt, duplicate=duplicate, reorder=reorder)
+        self._require_created("impair")
+        _impair.apply(self.sink, self.namespace, wanted)
+        return _impair.read(self.sink, self.namespace)
+
+    @property
+    def impairment(self) -> Impairment:
+        """The impairment the kernel applies now (empty, and falsy, when none)."""
+        from vmanager.net import impair as _impair
+        self._require_created("read the impairment of")
+        return _impair.read(self.sink, self.namespace)
+
+    def clear_impairment(self) -> None:
+        """Remove the impairment; a NIC without one is left as it is."""
+        from vmanager.net import impair as _impair
+        self._require_created("clear the impairment of")
+        _impair.clear(self.sink, self.namespace)
+
+    def capture(self, path: str | os.PathLike[str], *, count: int | None = None,
+                duration: float | None = None) -> Capture:
+        """Capture this NIC's frames, both ways, into a pcap file (a context manager).
+
+        ``with nic.capture("a.pcap"):`` records until the block ends (or after
+        ``count`` frames, or ``duration`` seconds); see :mod:`vmanager.net.capture`.
+        """
+        from vmanager.net.capture import Capture
+        self._require_created("capture on")
+        return Capture(self.sink, netns=self.namespace, path=path, count=count,
+                       duration=duration)
+
     def qemu_args(self, fd: int, *, index: int) -> list[str]:
         """``-netdev``/``-device`` arguments for QEMU using descriptor ``fd``."""
+        # virtio-net tells the guest the MTU (VIRTIO_NET_F_MTU): its driver sets it
+        mtu = f",host_mtu={self.mtu}" if self.mtu and self.model.startswith("virtio-net") else ""
         return ["-netdev", f"tap,id=net{index},fd={fd}",
-                "-device", f"{self.model},netdev=net{index},mac={self.mac},id=nic{index}"]
+                "-device", f"{self.model},netdev=net{index},mac={self.mac},id=nic{index}{mtu}"]
 
 
 def _tun_attach_here(ifname: str, *, persist: bool) -> int:

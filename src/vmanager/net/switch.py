@@ -114,9 +114,13 @@ class Switch(Resource):
     _kind = "switch"
 
     def __init__(self, name: str, *, vlan_filtering: bool = False,
-                 create: bool = True) -> None:
+                 mtu: int | None = None, create: bool = True) -> None:
         super().__init__()
         self.name = validate.ifname(name, what="switch name")
+        from vmanager.net.nic import validate_mtu
+        #: the bridge's MTU, set explicitly so the kernel keeps it (jumbo frames);
+        #: ``None``: the kernel's default (the smallest port's)
+        self.mtu = validate_mtu(mtu) if mtu is not None else None
         self.vlan_filtering = bool(vlan_filtering)
         #: how VLANs are enforced once created: ``"kernel"`` (bridge VLAN filtering)
         #: or ``"nftables"`` (access ports only); ``None`` without vlan_filtering
@@ -158,8 +162,10 @@ class Switch(Resource):
                     self.vlan_backend = "nftables"
             # pushed last so it runs first: ports leave before their VLAN rules go
             undo.push(f"disconnect ports of {self.name}", self._disconnect_all)
+            # set, not given at creation: only a set MTU is kept when ports join
+            extra = {"mtu": self.mtu} if self.mtu else {}
             with kernel_call("set up", self.name, None):
-                ipr.link("set", index=index, state="up")
+                ipr.link("set", index=index, state="up", **extra)
 
     def _kernel_vlan_filtering(self, ipr: Any, index: int) -> str | None:
         """Turn on the bridge's VLAN filtering: ``None`` when it works, else why not."""
