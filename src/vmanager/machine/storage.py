@@ -275,6 +275,8 @@ class StorageMixin(MachineBase):
                                "read-only")
         if writable:
             return [d.node_name(i) for i, d in writable]
+        if not self._state_node and STATE_NODE in self._block_nodes():
+            self._state_node = True  # added by an earlier process attached to this QEMU
         if not self._state_node:
             path = self.state_disk
             if not path.exists():

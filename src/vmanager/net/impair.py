@@ -148,6 +148,10 @@ def apply(ifname: str, netns: str | None, imp: Impairment) -> None:
         return
     with rtnl(netns) as ipr:
         index = require(ipr, ifname, netns)
+        root = _root(ipr, index)
+        if root is not None and root[0] != "netem":
+            # the kernel changes a qdisc's parameters, never its kind (EINVAL)
+            _delete_root(ipr, ifname, netns, index)
         try:
             ipr.tc("replace", kind="netem", index=index, handle=HANDLE, **_netem_args(imp))
             return
@@ -168,15 +172,18 @@ def clear(ifname: str, netns: str | None) -> None:
     """Remove an impairment (a netem or tbf root qdisc) from ``ifname``; none is fine."""
     with rtnl(netns) as ipr:
         index = require(ipr, ifname, netns)
-        if _root(ipr, index) is None:
-            return
-        try:
-            ipr.tc("del", index=index, handle=HANDLE, parent=ROOT)
-        except NetlinkError as exc:
-            if exc.code in (errno.ENOENT, errno.EINVAL):
-                return  # gone meanwhile
-            with kernel_call("delete qdisc", ifname, netns):
-                raise
+        if _root(ipr, index) is not None:
+            _delete_root(ipr, ifname, netns, index)
+
+
+def _delete_root(ipr: Any, ifname: str, netns: str | None, index: int) -> None:
+    try:
+        ipr.tc("del", index=index, handle=HANDLE, parent=ROOT)
+    except NetlinkError as exc:
+        if exc.code in (errno.ENOENT, errno.EINVAL):
+            return  # gone meanwhile
+        with kernel_call("delete qdisc", ifname, netns):
+            raise
 
 
 def read(ifname: str, netns: str | None) -> Impairment:
