@@ -32,7 +32,8 @@ from vmanager.errors import (
 from vmanager.lab import record as labrec
 from vmanager.lab.record import LabRecord
 from vmanager.lab.spec import HostSpec, Lab, MachineSpec, RouterSpec, SwitchSpec
-from vmanager.net import batch_removal
+from vmanager.net import batch_removal, impair
+from vmanager.net.impair import Impairment
 from vmanager.state import _net, records
 from vmanager.state._lock import locked
 from vmanager.state.persist import PersistentMachine, attach, detach, machine_kwargs
@@ -181,10 +182,10 @@ def _make_host(rec: LabRecord, host: HostSpec) -> None:
 
 def _make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
     from vmanager.net import Switch
-    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering)
+    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering, mtu=sw.mtu)
     vxlan = sw.stretch.ifname if sw.stretch else None
     rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
-             "vxlan": vxlan})
+             "vxlan": vxlan, "mtu": sw.mtu})
     _net.forget(switch)
     if sw.stretch is not None:  # one bridge per server, joined by VXLAN (lab.servers)
         from vmanager.lab.servers import make_stretch
@@ -274,13 +275,16 @@ def start_lab_machine(record: MachineRecord) -> PersistentMachine:
         for index, n in enumerate(nic_specs):
             nic = VirtualNic(namespace=record.name, mac=n.get("mac") or
                              stable_mac(record.name, index), mode=n.get("mode", "macvtap"),
-                             model=n.get("model", "virtio-net-pci"), create=False)
+                             model=n.get("model", "virtio-net-pci"), mtu=n.get("mtu"),
+                             create=False)
             # The kernel tears a removed namespace down asynchronously: the host end
             # of the previous run's veth can still be there for a moment.
             _net.remove_link(nic.port)
             nic.create()
             made.append(nic)
             nics.append(nic)
+            if n.get("impair"):
+                impair.apply(nic.sink, nic.namespace, Impairment(**n["impair"]))
             if n.get("switch"):
                 vlans = n.get("vlans") or None
                 _connect(rec, n["switch"], nic.port, vlan=n.get("vlan"), vlans=vlans)
@@ -343,6 +347,8 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
             raise NetworkError(f"lab {name!r}: could not remove everything:\n"
                                + "\n".join(failures))
         labrec.delete(name)
+        from vmanager.lab import checkpoint
+        checkpoint.forget_all(name)
     return removed
 
 

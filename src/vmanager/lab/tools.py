@@ -1,0 +1,122 @@
+"""Live tools on a running lab: impair a machine's NIC, capture on any port.
+
+A target names where: ``MACHINE:INDEX`` is NIC ``INDEX`` of a machine (its
+sink, beside the machine, in the machine's namespace), a router's name is its
+LAN port, a host's name its port, a switch's name the bridge itself (frames
+the switch floods or sends to the host).
+
+Impairments set here are live only: the lab file's ``impair`` keys are applied
+again whenever the machine (re)starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from vmanager.errors import ConfigError, NotFoundError, StateError
+from vmanager.lab import record as labrec
+from vmanager.lab.model import Lab
+from vmanager.net import impair
+from vmanager.net.impair import Impairment
+
+if TYPE_CHECKING:
+    import os
+    from typing import IO
+
+    from vmanager.net.capture import Capture
+
+
+@dataclass(frozen=True)
+class Port:
+    """Where a target lives: interface, namespace, and what to call it."""
+
+    ifname: str
+    netns: str | None
+    label: str
+    machine: str | None = None
+    index: int | None = None
+
+
+def resolve(lab: Lab, target: str) -> Port:
+    """The interface ``target`` names in ``lab`` (see the module docstring).
+
+    Raises:
+        ConfigError: a target that names nothing in the lab (listing what does).
+        StateError: the lab is not up.
+    """
+    from vmanager.net import VirtualNic, stable_mac
+    if labrec.load(lab.name) is None:
+        raise StateError(f"lab {lab.name!r} is not up")
+    name, colon, index = target.partition(":")
+    if colon:
+        try:
+            spec = lab.machine(name)
+        except KeyError:
+            raise ConfigError(f"{target!r}: lab {lab.name!r} has no machine {name!r}; it "
+                              f"has {', '.join(m.name for m in lab.machines) or 'none'}"
+                              ) from None
+        if not index.isdigit() or int(index) >= len(spec.nics):
+            raise ConfigError(f"{target!r}: machine {name!r} has NICs 0 to "
+                              f"{len(spec.nics) - 1}" if spec.nics else
+                              f"{target!r}: machine {name!r} has no NICs")
+        k = int(index)
+        nic = VirtualNic(namespace=name, mac=spec.nics[k].mac or stable_mac(name, k))
+        return Port(nic.sink, name, f"{name}:{k}", name, k)
+    for router in lab.routers:
+        if router.name == target:
+            item = labrec.load(lab.name)
+            found = item.find("router", target) if item else None
+            if found is None:
+                raise StateError(f"router {target!r} of lab {lab.name!r} is not up")
+            return Port(str(found["lan_port"]), None, f"router {target}")
+    for host in lab.hosts:
+        if host.name == target:
+            return Port(host.port, None, f"host {target}")
+    for sw in lab.switches:
+        if sw.name == target:
+            return Port(sw.name, None, f"switch {target}")
+    raise ConfigError(f"{target!r} is not MACHINE:INDEX, a router, host or switch of lab "
+                      f"{lab.name!r}")
+
+
+def _machine_port(lab: Lab, target: str) -> Port:
+    port = resolve(lab, target)
+    if port.machine is None:
+        raise ConfigError(f"{target!r}: impairments go on a machine's NIC (MACHINE:INDEX)")
+    from vmanager.state._net import namespace_exists
+    if not namespace_exists(port.machine):
+        raise NotFoundError(f"machine {port.machine!r} of lab {lab.name!r} is not running")
+    return port
+
+
+def impair_nic(lab: Lab, target: str, wanted: Impairment) -> Impairment:
+    """Impair what machine NIC ``target`` sends (replacing any impairment); returns it."""
+    port = _machine_port(lab, target)
+    impair.apply(port.ifname, port.netns, wanted)
+    return impair.read(port.ifname, port.netns)
+
+
+def clear_nic(lab: Lab, target: str) -> None:
+    """Remove the impairment of machine NIC ``target``."""
+    port = _machine_port(lab, target)
+    impair.clear(port.ifname, port.netns)
+
+
+def nic_impairment(lab: Lab, target: str) -> Impairment:
+    """What the kernel applies to machine NIC ``target`` now."""
+    port = _machine_port(lab, target)
+    return impair.read(port.ifname, port.netns)
+
+
+def capture(lab: Lab, target: str, path: str | os.PathLike[str] | IO[bytes], *,
+            count: int | None = None, duration: float | None = None) -> Capture:
+    """A (not yet started) :class:`~vmanager.net.capture.Capture` on ``target``."""
+    from vmanager.net.capture import Capture
+    port = resolve(lab, target)
+    if port.machine is not None:
+        from vmanager.state._net import namespace_exists
+        if not namespace_exists(port.machine):
+            raise NotFoundError(f"machine {port.machine!r} of lab {lab.name!r} is not "
+                                "running")
+    return Capture(port.ifname, netns=port.netns, path=path, count=count, duration=duration)
