@@ -110,7 +110,7 @@ def test_jumbo_mtu_reaches_every_link_and_the_guests(lab: Lab) -> None:
     a, b, _c = lab.machines
     assert Interface(lab.names["sw"]).mtu == 9000
     for m in lab.machines:
-        nic = VirtualNic(namespace=m, mac=stable_mac(m, 0))
+        nic = VirtualNic(namespace=m, mac=stable_mac(m, 0), create=False)
         assert Interface(nic.port).mtu == 9000, m
         assert Interface(nic.sink, netns=m).mtu == 9000, m
         assert Interface(nic.device, netns=m).mtu == 9000, m
@@ -170,7 +170,7 @@ def test_impair_cli_sets_shows_and_clears_a_rate(lab: Lab) -> None:
     assert shown["rate_bit"] == 500 * 10**6, shown  # from the lab file
     assert shown["direction"] == "egress"
     ok("impair", str(lab.path), f"{a}:0", "--rate", "2mbit")
-    nic = VirtualNic(namespace=a, mac=stable_mac(a, 0))
+    nic = VirtualNic(namespace=a, mac=stable_mac(a, 0), create=False)
     from vmanager.net import impair
     assert impair.read(nic.sink, a).rate_bit == 2 * 10**6
     assert "rate 2mbit" in ok("impair", str(lab.path), f"{a}:0", "--show")

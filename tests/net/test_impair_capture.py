@@ -99,7 +99,7 @@ def test_impair_validates_each_field_by_name() -> None:
 
 
 def test_impair_needs_a_created_nic() -> None:
-    nic = VirtualNic("vnnotmade0")
+    nic = VirtualNic("vnnotmade0", create=False)
     with pytest.raises(StateError):
         nic.impair(delay="10ms")
 

@@ -61,7 +61,8 @@ def resolve(lab: Lab, target: str) -> Port:
                               f"{len(spec.nics) - 1}" if spec.nics else
                               f"{target!r}: machine {name!r} has no NICs")
         k = int(index)
-        nic = VirtualNic(namespace=name, mac=spec.nics[k].mac or stable_mac(name, k))
+        nic = VirtualNic(namespace=name, mac=spec.nics[k].mac or stable_mac(name, k),
+                         create=False)  # for its names only
         return Port(nic.sink, name, f"{name}:{k}", name, k)
     for router in lab.routers:
         if router.name == target:
