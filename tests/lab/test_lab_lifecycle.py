@@ -146,3 +146,48 @@ def test_up_refuses_an_invalid_file_before_making_anything(tmp_path: Path) -> No
     r = vm("up", str(path))
     assert r.returncode == 6
     assert f"{path}:5: machines.a.memory" in r.stderr
+
+
+def test_down_stops_by_force_unless_graceful(tiny: Any, tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import time
+
+    from vmanager import lab as labs
+    from vmanager.state import attach, detach
+    lab, path, n = lab_file(tmp_path, """
+[lab]
+name = "{lab}"
+
+[machines.{m}]
+guest = "tiny"
+memory = 192
+
+[machines.{gw}]
+guest = "tiny"
+memory = 192
+""")
+    spec = labs.load(path)
+    for graceful in (False, True):
+        labs.up(spec, wait_ready=True)
+        try:
+            deaf = attach(n["m"])
+            deaf.succeed("killall acpid")          # this one ignores the power button
+            detach(deaf)
+            caplog.clear()
+            started = time.monotonic()
+            with caplog.at_level(logging.INFO):
+                removed = labs.down(lab, graceful=graceful, timeout=3)
+            took = time.monotonic() - started
+        finally:
+            labs.down(lab)
+        assert sorted(removed) == sorted([f"machine {n['m']}", f"machine {n['gw']}"])
+        forced = [r.getMessage() for r in caplog.records if "stopping it by force" in
+                  r.getMessage()]
+        powered = [r.name for r in caplog.records if "powered off" in r.getMessage()]
+        if graceful:
+            # the listening guest powered off by itself; the deaf one was forced after 3 s
+            assert len(forced) == 1 and n["m"] in forced[0] and took >= 3
+            assert powered == [f"vmanager.machine.{n['gw']}"]
+        else:
+            assert forced == [] and powered == [] and took < 10
