@@ -141,3 +141,14 @@ def test_send_refuses_bytes_that_are_no_key_combination(shared_machine: Machine)
     with pytest.raises(ConfigError, match=r"bytes .* or a str"):
         shared_machine.send(42)  # type: ignore[arg-type]
     assert shared_machine.state is State.RUNNING
+
+
+def test_send_quit_is_followed_by_state(make_machine: Callable[..., Machine]) -> None:
+    m = make_machine()
+    m.start_vm()
+    pid = m.pid
+    m.send("quit")                               # the monitor command: QEMU exits
+    assert m.state is State.STOPPED and not m.is_alive()
+    m.stop()                                     # cleans up what is left
+    assert pid is not None and not Path(f"/proc/{pid}").exists()
+    assert m.state is State.DEFINED and not m.run_dir.exists()
