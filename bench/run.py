@@ -36,11 +36,12 @@ Bench = Callable[[Context], list[Row]]
 
 
 def _benchmarks() -> dict[str, tuple[str, Bench]]:
-    from bench import libvirt, lifecycle, migration, netplumb, screen, snapshot
+    from bench import libvirt, lifecycle, migration, netplumb, screen, snapshot, stop
     return {
         "mgmt": ("start until QMP answers", lifecycle.management_overhead),
         "libvirt": ("virsh start", libvirt.virsh_start),
         "boot": ("boot to shell + idle RSS", lifecycle.boot_and_memory),
+        "stop": ("stop a running guest", stop.stop),
         "snapshot": ("live snapshot load", snapshot.snapshot_load),
         "net": ("network plumbing", netplumb.plumbing),
         "screen": ("screenshot", screen.screenshot),
