@@ -79,6 +79,8 @@ class SwitchSpec:
     vni: int | None = None
     stretch: StretchSpec | None = None  #: set in a server's part when stretched
     mtu: int | None = None
+    #: an address the host gets on the switch (CIDR), so it reaches the machines there
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +97,8 @@ class RouterSpec:
     dhcp: bool | None = None
     dns: bool | None = None
     server: str | None = None
+    #: DHCP reservations: (MAC, IPv4 address) pairs
+    dhcp_hosts: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

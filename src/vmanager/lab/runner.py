@@ -182,14 +182,33 @@ def _make_host(rec: LabRecord, host: HostSpec) -> None:
 
 def _make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
     from vmanager.net import Switch
+    if sw.address is not None:
+        _require_unrouted(sw.name, sw.address)
     switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering, mtu=sw.mtu)
     vxlan = sw.stretch.ifname if sw.stretch else None
     rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
-             "vxlan": vxlan, "mtu": sw.mtu})
+             "vxlan": vxlan, "mtu": sw.mtu, "address": sw.address})
+    if sw.address is not None:
+        from vmanager.net import Interface
+        Interface(sw.name).add_address(sw.address)
     _net.forget(switch)
     if sw.stretch is not None:  # one bridge per server, joined by VXLAN (lab.servers)
         from vmanager.lab.servers import make_stretch
         make_stretch(sw.name, sw.stretch)
+
+
+def _require_unrouted(switch: str, address: str) -> None:
+    """Refuse a host address whose network the host already routes somewhere."""
+    import ipaddress
+
+    from vmanager.net import routes
+    network = ipaddress.ip_interface(address).network
+    for route in routes():
+        dst = route.destination
+        if dst.version == 4 and dst.prefixlen > 0 and dst.overlaps(network):
+            raise ConfigError(f"switch {switch!r}: the host already routes {dst} (via "
+                              f"{route.ifname or route.gateway}), which overlaps {network}; "
+                              "choose another subnet")
 
 
 def _trunk_ifname(lab: Lab, router: RouterSpec) -> str:
@@ -204,7 +223,8 @@ def _make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
     kwargs: dict[str, Any] = {}
     if spec.mode == "nat":
         kwargs = {"subnet": spec.subnet, "trunk_address": spec.trunk_address,
-                  "gateway": spec.gateway, "dhcp": spec.dhcp, "dns": spec.dns}
+                  "gateway": spec.gateway, "dhcp": spec.dhcp, "dns": spec.dns,
+                  "dhcp_hosts": dict(spec.dhcp_hosts)}
     router = Router(spec.name, trunk=_trunk_ifname(lab, spec), mode=spec.mode,  # type: ignore[arg-type]
                     **kwargs)
     try:

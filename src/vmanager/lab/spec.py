@@ -69,6 +69,9 @@ def load(path: str | Path) -> Lab:
         LabFileError: the file does not parse or does not validate (file, line, field).
     """
     p = Path(path)
+    from vmanager.lab import clab
+    if clab.is_clab(p):
+        return clab.load(p)
     try:
         source = p.read_text()
     except OSError as exc:

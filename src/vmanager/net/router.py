@@ -26,7 +26,7 @@ import signal
 import subprocess
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,8 +115,11 @@ class Router(Resource):
                  subnet: str | None = None, trunk_address: str | None = None,
                  gateway: str | None = None, dhcp: bool | None = None,
                  dns: bool | None = None, upstream_dns: Sequence[str] = (),
-                 domain: str = "lan", create: bool = True) -> None:
+                 domain: str = "lan", dhcp_hosts: Mapping[str, str] | None = None,
+                 create: bool = True) -> None:
         super().__init__()
+        #: DHCP reservations, MAC -> IPv4 address on the LAN (nat mode)
+        self.dhcp_hosts: dict[str, ipaddress.IPv4Address] = {}
         self.name = validate.ifname(name, what="router name")
         if len(self.name.encode()) > NAME_MAX:
             raise ConfigError(f"router name {name!r} is too long: at most {NAME_MAX} bytes")
@@ -139,7 +142,27 @@ class Router(Resource):
             self.domain = domain
         else:
             self._init_nat(subnet, trunk_address, gateway, dhcp, dns, upstream_dns, domain)
+            self._init_reservations(dhcp_hosts or {})
+        if dhcp_hosts and mode == "bridged":
+            raise ConfigError("dhcp_hosts= only applies to a router in 'nat' mode")
         self._init_done(create)
+
+    def _init_reservations(self, hosts: Mapping[str, str]) -> None:
+        assert self.subnet is not None
+        for mac, address in hosts.items():
+            try:
+                ip = ipaddress.IPv4Address(address)
+            except ValueError as exc:
+                raise ConfigError(f"router {self.name!r}: DHCP reservation {address!r} for "
+                                  f"{mac} is not an IPv4 address") from exc
+            if ip not in self.subnet or ip in (self.subnet.network_address,
+                                               self.subnet.broadcast_address):
+                raise ConfigError(f"router {self.name!r}: DHCP reservation {ip} for {mac} is "
+                                  f"not a host address of the LAN {self.subnet}")
+            if self.address is not None and ip == self.address.ip:
+                raise ConfigError(f"router {self.name!r}: DHCP reservation {ip} for {mac} is "
+                                  "the router's own address")
+            self.dhcp_hosts[validate.mac(mac)] = ip
 
     def _init_nat(self, subnet: str | None, trunk_address: str | None, gateway: str | None,
                   dhcp: bool | None, dns: bool | None, upstream_dns: Sequence[str],
@@ -343,7 +366,8 @@ class Router(Resource):
                      # The LAN is ours alone: probing each address with a ping before
                      # offering it only costs seconds per client.
                      "--no-ping",
-                     f"--dhcp-option=option:router,{self.address.ip}"]
+                     f"--dhcp-option=option:router,{self.address.ip}",
+                     *(f"--dhcp-host={mac},{ip}" for mac, ip in self.dhcp_hosts.items())]
             if not self.dns:
                 argv += ["--dhcp-option=option:dns-server"]
         return argv
