@@ -68,10 +68,16 @@ def test_cd_eject_takes_the_medium_out_of_its_machine(cd_machine: Machine) -> No
     assert "medium" in out.lower() or out == ""
     with pytest.raises(StateError, match="not in any running machine's drive"):
         cd.eject()
+    with pytest.raises(StateError, match="not in the drive of machine"):
+        cd.eject(machine=m)
     with pytest.raises(StateError, match="no CD"):
         m.eject()
-    m.change_cd(cd)                             # back in, for the next test
+    m.change_cd(cd)                             # back in
     assert cd.attached_to == (m.name,)
+    _guest_reads_the_cd(m, "first")
+    cd.eject(machine=m)                         # naming the machine works too
+    assert m.cd is None and "inserted" not in _medium(m)
+    m.change_cd(cd)                             # back in, for the next test
     _guest_reads_the_cd(m, "first")
 
 
@@ -89,7 +95,7 @@ def test_machine_eject_calls_cd_eject(cd_machine: Machine,
 
     monkeypatch.setattr(cd, "eject", spy)
     m.eject()
-    assert calls == [{"machine": m}]
+    assert len(calls) == 1 and calls[0]["machine"].name == m.name
     assert m.cd is None and "inserted" not in _medium(m)
     assert m.fail(READ_CD) is not None
     m.change_cd(cd)

@@ -125,8 +125,9 @@ class CD:
         """Eject this CD from the running machine whose drive holds it (the seed's ``eject``).
 
         The machine opens its tray and removes the medium: the guest sees an
-        empty drive. ``machine`` chooses one when the same ISO is in several
-        machines' drives. :meth:`vmanager.Machine.eject` calls this.
+        empty drive. ``machine`` (a :class:`~vmanager.Machine`, or anything with
+        its ``name``) chooses one when the same ISO is in several machines'
+        drives. :meth:`vmanager.Machine.eject` calls this.
 
         Raises:
             StateError: the CD is in no running machine's drive (nothing to eject
@@ -135,10 +136,14 @@ class CD:
             StorageError: QEMU refused to eject it.
         """
         if machine is not None:
-            if not any(u is machine for u in self._users):
-                raise StateError(f"{self!r} is not in the drive of machine {machine.name!r}; "
-                                 "nothing to eject", state="not attached", required="attached")
-            machine.eject_cd(self)
+            # the machine itself, or the part of it that holds the drive
+            user = next((u for u in self._users if u is machine), None) or next(
+                (u for u in self._users if u.name == getattr(machine, "name", None)), None)
+            if user is None:
+                raise StateError(f"{self!r} is not in the drive of machine "
+                                 f"{getattr(machine, 'name', machine)!r}; nothing to eject",
+                                 state="not attached", required="attached")
+            user.eject_cd(self)
             return
         if not self._users:
             raise StateError(f"{self!r} is not in any running machine's drive, so there is "
