@@ -25,8 +25,10 @@ chained with ``from`` so the cause stays visible::
      │    ├── ConsoleTimeout    a pattern never came on a console (console tail)
      │    ├── GuestCommandError a command in the guest exited non-zero (status, output)
      │    ├── ShutdownTimeout   the guest did not power off in time (machine left running)
+     │    ├── AgentError        the QEMU guest agent refused or garbled a command (class, command)
+     │    │    └── AgentTimeout the guest agent did not answer in time
      │    └── ScreenTimeout     text or an image never came on screen (last screenshot)
-     └── GuestBuildError        the tiny guest could not be built
+     └── GuestBuildError        the tiny guest or an image could not be built
 """
 
 from __future__ import annotations
@@ -171,6 +173,19 @@ class ShutdownTimeout(GuestError, TimeoutError):
         self.timeout = timeout
 
 
+class AgentError(GuestError):
+    """The QEMU guest agent answered with an error or with something malformed."""
+
+    def __init__(self, message: str, *, command: str = "", error_class: str = "") -> None:
+        super().__init__(message)
+        self.command = command
+        self.error_class = error_class
+
+
+class AgentTimeout(AgentError, TimeoutError):
+    """The guest agent did not answer in time (not running yet, or the guest hangs)."""
+
+
 class ScreenTimeout(GuestError, TimeoutError):
     """Something expected never came on screen; carries the last screenshot's path."""
 
@@ -182,7 +197,7 @@ class ScreenTimeout(GuestError, TimeoutError):
 
 
 class GuestBuildError(VmanagerError):
-    """The tiny test guest could not be built."""
+    """The tiny test guest or a distribution image could not be built."""
 
 
 def _tail(text: str, lines: int = 20) -> str:
