@@ -9,6 +9,7 @@ The seed's names are the public API::
     vmanager.sys_command(["uname", "-r"])
     vmanager.Machine, vmanager.Harddrive, vmanager.CD, vmanager.VirtualNic,
     vmanager.Switch, vmanager.Router, vmanager.Bond, vmanager.Interface
+    vmanager.CloudInit, vmanager.images.build("debian-12")
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _LAZY = {
     "Interface": "vmanager.net",
     "Namespace": "vmanager.net",
     "sys_command": "vmanager.net",
+    "CloudInit": "vmanager.images.cloudinit",
 }
 
 
@@ -50,7 +52,8 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "CD", "Bond", "ExecResult", "Harddrive", "Interface", "Machine", "Namespace", "Router",
-    "State", "Switch", "VirtualNic", "VmanagerError", "__version__", "all_links", "interfaces",
+    "CD", "Bond", "CloudInit", "ExecResult", "Harddrive", "Interface", "Machine", "Namespace",
+    "Router", "State", "Switch", "VirtualNic", "VmanagerError", "__version__", "all_links",
+    "interfaces",
     "routes", "sys_command", "tiny_guest",
 ]

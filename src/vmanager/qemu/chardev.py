@@ -18,10 +18,13 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from vmanager import _aio
 from vmanager.errors import ConsoleTimeout, GuestCommandError, GuestError
+
+if TYPE_CHECKING:
+    from vmanager.qemu.login import SerialSession
 
 _TAIL_LINES: Final = 30
 
@@ -146,6 +149,17 @@ class Console:
             await writer.drain()
 
         _aio.run(go(), 30.0)
+
+    def login(self, user: str, password: str | None = None, *,
+              timeout: float = 120.0) -> SerialSession:
+        """Log in on this console's ``login:`` prompt; return a shell session.
+
+        ``session.execute(cmd)`` then runs commands with their output and
+        status (see :mod:`vmanager.qemu.login`). Raises
+        :class:`~vmanager.qemu.login.LoginError` for a wrong password.
+        """
+        from vmanager.qemu.login import login
+        return login(self, user, password, timeout=timeout)
 
 
 @dataclass(frozen=True)
