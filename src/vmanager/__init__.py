@@ -54,6 +54,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "CD", "Bond", "CloudInit", "ExecResult", "Harddrive", "Interface", "Machine", "Namespace",
     "Router", "State", "Switch", "VirtualNic", "VmanagerError", "__version__", "all_links",
-    "interfaces",
-    "routes", "sys_command", "tiny_guest",
+    "interfaces", "routes", "sys_command", "tiny_guest",
 ]
