@@ -36,7 +36,7 @@ Bench = Callable[[Context], list[Row]]
 
 
 def _benchmarks() -> dict[str, tuple[str, Bench]]:
-    from bench import libvirt, lifecycle, migration, netplumb, screen, snapshot, stop
+    from bench import labrollback, libvirt, lifecycle, migration, netplumb, screen, snapshot, stop
     return {
         "mgmt": ("start until QMP answers", lifecycle.management_overhead),
         "libvirt": ("virsh start", libvirt.virsh_start),
@@ -46,6 +46,7 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         "net": ("network plumbing", netplumb.plumbing),
         "screen": ("screenshot", screen.screenshot),
         "migrate": ("migration", migration.migration),
+        "labrollback": ("lab rollback vs cold up", labrollback.lab_rollback),
     }
 
 

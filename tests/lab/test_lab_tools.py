@@ -135,6 +135,9 @@ def test_capture_on_a_machine_nic_sees_the_guests_frames(lab: Lab, tmp_path: Pat
             if proc.poll() is not None or (out.exists() and out.stat().st_size >= 24):
                 break
             time.sleep(0.1)
+        # the running capture shows on the topology picture's edge
+        graph = ok("graph", str(lab.path), "--dot")
+        assert "[capturing]" in graph and "#c0392b" in graph, graph
         lab.run(a, "ping -c 4 -s 3000 10.93.0.3")
         _, err = proc.communicate(timeout=30)
     finally:

@@ -76,8 +76,18 @@ def cmd_graph(args: argparse.Namespace) -> int:
         else:
             print(text, end="")
         return 0
+    from vmanager.lab import record as labrec
+    from vmanager.lab import tools
+    captures = tools.active_captures(lab.name) if labrec.load(lab.name) else {}
+    if args.dot:
+        text = labs.dot(lab, captures=captures)
+        if args.output:
+            Path(args.output).write_text(text)
+        else:
+            print(text, end="")
+        return 0
     out = Path(args.output or f"{lab.name}.svg")
-    out.write_text(labs.svg(lab))
+    out.write_text(labs.svg(lab, engine=args.engine, captures=captures))
     if not args.quiet:
         print(f"wrote {out}")
     return 0
@@ -146,4 +156,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     p.add_argument("-o", "--output", help="where to write (default LAB.svg; Mermaid: stdout)")
     p.add_argument("--mermaid", action="store_true", help="Mermaid flowchart text")
+    p.add_argument("--dot", action="store_true", help="Graphviz DOT text")
+    p.add_argument("--engine", choices=("auto", "graphviz", "builtin"), default="auto",
+                   help="SVG layout: Graphviz when installed (auto), or the built-in rows")
     add("net", cmd_net, "list the switches, routers and namespaces labs made", 10.0)

@@ -68,7 +68,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
                       + (f" ({args.count} frames)" if args.count else "")
                       + (f" for {args.duration:g} s" if args.duration else "")
                       + "; Ctrl-C stops", file=sys.stderr)
-            cap.wait()
+            with tools.registered(lab, args.target, cap):
+                cap.wait()
         except KeyboardInterrupt:
             pass
         finally:

@@ -4,7 +4,7 @@
 >>> up(lab); print(inspect(lab)); down(lab.name)
 """
 
-from vmanager.lab.graph import mermaid, svg
+from vmanager.lab.graph import dot, mermaid, svg
 from vmanager.lab.runner import UpResult, down, inspect, start_lab_machine, up
 from vmanager.lab.spec import (
     DiskSpec,
@@ -20,5 +20,6 @@ from vmanager.lab.spec import (
 
 __all__ = [
     "DiskSpec", "HostSpec", "Lab", "MachineSpec", "NicSpec", "RouterSpec", "SwitchSpec",
-    "UpResult", "down", "inspect", "load", "mermaid", "parse", "start_lab_machine", "svg", "up",
+    "UpResult", "dot", "down", "inspect", "load", "mermaid", "parse", "start_lab_machine",
+    "svg", "up",
 ]

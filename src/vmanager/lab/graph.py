@@ -1,27 +1,60 @@
-"""Pictures of a lab's topology: SVG drawn here (no graphviz needed) and Mermaid text."""
+"""Pictures of a lab's topology: SVG laid out by Graphviz, or drawn here, and Mermaid text.
+
+:func:`svg` lays the lab out with Graphviz's ``dot`` (through the ``graphviz``
+package, ``pip install vmanager[graph]`` and the ``graphviz`` system package)
+when both are installed, which keeps larger labs readable; otherwise it draws
+the rows of hosts, routers, switches and machines itself. Edges carry their
+VLANs, impairments, MTUs and, for a lab that is up, the captures running on them.
+"""
 
 from __future__ import annotations
 
+import logging
+import shutil
+from collections.abc import Mapping
 from html import escape
+from typing import Any, Literal
 
+from vmanager.errors import HostError
 from vmanager.lab.spec import Lab
+
+log = logging.getLogger(__name__)
+Engine = Literal["auto", "graphviz", "builtin"]
 
 _COLORS = {"host": "#f2d7d5", "router": "#fdebd0", "switch": "#d6eaf8", "machine": "#d5f5e3"}
 _W, _H, _GAP_X, _GAP_Y = 150, 46, 30, 70
 
 
-def edges(lab: Lab) -> list[tuple[str, str, str]]:
-    """``(from, to, label)`` for every connection in the lab."""
+def edges(lab: Lab, captures: Mapping[str, object] | None = None
+          ) -> list[tuple[str, str, str]]:
+    """``(from, to, label)`` for every connection in the lab.
+
+    ``captures`` (targets such as ``"web:0"`` or a router's name, see
+    :func:`vmanager.lab.tools.active_captures`) mark the edges being captured.
+    """
+    captures = captures or {}
     out = []
     for r in lab.routers:
         if r.trunk in {h.name for h in lab.hosts}:
             out.append((r.trunk, r.name, "trunk"))
         if r.switch:
-            out.append((r.name, r.switch, "lan"))
+            out.append((r.name, r.switch, "lan" + (" [capturing]" if r.name in captures
+                                                   else "")))
     for m in lab.machines:
         for i, n in enumerate(m.nics):
             if n.switch:
-                out.append((n.switch, m.name, f"nic{i}" + (f" vlan {n.vlan}" if n.vlan else "")))
+                parts = [f"nic{i}"]
+                if n.vlan:
+                    parts.append(f"vlan {n.vlan}")
+                if n.vlans:
+                    parts.append("vlans " + ",".join(str(v) for v in n.vlans))
+                if n.impair:
+                    parts.append(n.impair.describe())
+                if n.mtu:
+                    parts.append(f"mtu {n.mtu}")
+                if f"{m.name}:{i}" in captures:
+                    parts.append("[capturing]")
+                out.append((n.switch, m.name, " ".join(parts)))
     return out
 
 
@@ -35,8 +68,60 @@ def _layers(lab: Lab) -> list[list[tuple[str, str, str]]]:
     ]
 
 
-def svg(lab: Lab) -> str:
-    """An SVG drawing: hosts, routers, switches and machines in rows, joined by their links."""
+def svg(lab: Lab, *, engine: Engine = "auto",
+        captures: Mapping[str, object] | None = None) -> str:
+    """An SVG picture of the lab: laid out by Graphviz, or drawn in rows here.
+
+    ``engine="auto"`` uses Graphviz when the ``graphviz`` package and its ``dot``
+    program are installed and the built-in drawing otherwise; ``"graphviz"``
+    insists (:class:`HostError` when missing), ``"builtin"`` never uses it.
+    """
+    if engine != "builtin":
+        try:
+            graph = _graphviz(lab, captures)
+            if shutil.which("dot") is None:
+                raise HostError("Graphviz layout needs Graphviz's 'dot' program (apt-get "
+                                "install graphviz)")
+            return str(graph.pipe(format="svg").decode())
+        except HostError:
+            if engine == "graphviz":
+                raise
+            log.debug("graphviz is not available; drawing the lab in rows")
+    return _svg_builtin(lab, captures)
+
+
+def dot(lab: Lab, *, captures: Mapping[str, object] | None = None) -> str:
+    """The lab as Graphviz DOT source (needs the ``graphviz`` package)."""
+    return str(_graphviz(lab, captures).source)
+
+
+_SHAPES = {"host": "ellipse", "router": "hexagon", "switch": "box", "machine": "box"}
+
+
+def _graphviz(lab: Lab, captures: Mapping[str, object] | None) -> Any:
+    try:
+        import graphviz
+    except ImportError as exc:
+        raise HostError("Graphviz layout needs the 'graphviz' Python package (pip install "
+                        "'vmanager[graph]') and Graphviz itself (apt-get install "
+                        "graphviz)") from exc
+    g = graphviz.Graph(f"lab {lab.name}", graph_attr={
+        "label": f"lab {lab.name}", "labelloc": "t", "fontname": "sans-serif",
+        "rankdir": "TB", "nodesep": "0.4", "ranksep": "0.8"},
+        node_attr={"fontname": "sans-serif", "style": "filled,rounded", "fontsize": "12"},
+        edge_attr={"fontname": "sans-serif", "fontsize": "10", "color": "#333333"})
+    for layer in _layers(lab):
+        for name, kind, sub in layer:
+            g.node(_mid(name), f"{name}\n{kind}: {sub}", shape=_SHAPES[kind],
+                   fillcolor=_COLORS[kind])
+    for a, b, label in edges(lab, captures):
+        style = {"color": "#c0392b", "penwidth": "2"} if "[capturing]" in label else {}
+        g.edge(_mid(a), _mid(b), label=label, **style)
+    return g
+
+
+def _svg_builtin(lab: Lab, captures: Mapping[str, object] | None) -> str:
+    """Hosts, routers, switches and machines in rows, joined by their links."""
     layers = [layer for layer in _layers(lab) if layer]
     width = max([len(layer) for layer in layers] + [1]) * (_W + _GAP_X) + _GAP_X
     height = len(layers) * (_H + _GAP_Y) + _GAP_Y
@@ -56,7 +141,7 @@ def svg(lab: Lab) -> str:
                 f'{escape(name)}</text><text x="{x + _W / 2:.0f}" y="{y + 36:.0f}" '
                 f'font-size="11">{escape(kind)}: {escape(sub)}</text></g>')
     lines = []
-    for a, b, label in edges(lab):
+    for a, b, label in edges(lab, captures):
         if a in pos and b in pos:
             (ax, ay), (bx, by) = pos[a], pos[b]
             y1, y2 = (ay + _H, by) if ay < by else (ay, by + _H)

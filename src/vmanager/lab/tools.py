@@ -11,8 +11,13 @@ again whenever the machine (re)starts.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from vmanager.errors import ConfigError, NotFoundError, StateError
 from vmanager.lab import record as labrec
@@ -21,7 +26,6 @@ from vmanager.net import impair
 from vmanager.net.impair import Impairment
 
 if TYPE_CHECKING:
-    import os
     from typing import IO
 
     from vmanager.net.capture import Capture
@@ -121,3 +125,41 @@ def capture(lab: Lab, target: str, path: str | os.PathLike[str] | IO[bytes], *,
             raise NotFoundError(f"machine {port.machine!r} of lab {lab.name!r} is not "
                                 "running")
     return Capture(port.ifname, netns=port.netns, path=path, count=count, duration=duration)
+
+
+def _captures_dir(lab: str) -> Path:
+    from vmanager import paths
+    return paths.private_dir(labrec.labs_dir() / "captures" / lab)
+
+
+@contextlib.contextmanager
+def registered(lab: Lab, target: str, cap: Capture) -> Iterator[None]:
+    """Note a running capture of ``lab`` while the block runs (for :func:`active_captures`)."""
+    pid = cap.pid
+    safe = "".join(ch if ch.isalnum() else "_" for ch in target)
+    entry = _captures_dir(lab.name) / f"{safe}.{pid}.json"
+    entry.write_text(json.dumps({"target": target, "pid": pid, "file": str(cap.path),
+                                 "ifname": cap.ifname, "netns": cap.netns}))
+    try:
+        yield
+    finally:
+        entry.unlink(missing_ok=True)
+
+
+def active_captures(lab: str) -> dict[str, dict[str, Any]]:
+    """Captures running on lab ``lab`` by target (entries of exited tcpdumps are dropped)."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in sorted(_captures_dir(lab).glob("*.json")):
+        try:
+            data = json.loads(entry.read_text())
+            pid = int(data["pid"])
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                alive = b"tcpdump" in f.read()
+        except (OSError, ValueError, KeyError, TypeError):
+            alive = False
+            data = None
+        if not alive or data is None:
+            entry.unlink(missing_ok=True)
+            continue
+        found[str(data["target"])] = data
+    return found

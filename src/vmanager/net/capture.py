@@ -120,6 +120,11 @@ class Capture:
         return f"Capture({self.ifname!r}, netns={self.netns!r}, path={self.path!r})"
 
     @property
+    def pid(self) -> int | None:
+        """tcpdump's process id once started."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
     def running(self) -> bool:
         """Whether tcpdump is still capturing."""
         return self._proc is not None and self._proc.poll() is None
