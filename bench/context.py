@@ -19,6 +19,8 @@ class Context:
     libvirt: bool = False
     #: cold boots to shell (s) of the default tiny guest, shared between rows
     cold_boots: list[float] = field(default_factory=list)
+    #: idle RSS (MiB) of the tiny guest on a plain ``-M pc`` (bench/plainpc.py)
+    plain_rss: list[float] = field(default_factory=list)
 
     def reps(self, quick: int, full: int) -> int:
         return full if self.full else quick

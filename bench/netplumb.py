@@ -149,13 +149,14 @@ def plumbing(ctx: Context) -> list[Row]:
                     else:
                         ip.append(_ip_round(n, f"i{r % 10}", node_dir))
             how = "Group, create_all" if n >= 100 else "one by one + teardown()"
+            # the goal is for 100 NICs; 10 show the one-by-one path
             row = Row(f"plumbing {n} NICs + switch, make+remove", "s",
-                      baseline_name="ip subprocesses", goal="<= 0.2x ip")
+                      baseline_name="ip subprocesses", goal="<= 0.2x ip" if n >= 100 else "")
             row.pair(vm, ip)
             assert row.value is not None and row.baseline is not None
             assert row.ratio is not None
             rate = n / row.value.median
-            row.met = row.ratio.median <= 0.2
+            row.met = row.ratio.median <= 0.2 if n >= 100 else None
             row.note = (f"{how}; {rate:.0f} NICs/s (ip: {n / row.baseline.median:.0f} "
                         "NICs/s); each NIC has its own namespace")
             row.extra = {"nics_per_s": rate, "ip_nics_per_s": n / row.baseline.median}

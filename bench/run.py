@@ -36,17 +36,30 @@ Bench = Callable[[Context], list[Row]]
 
 
 def _benchmarks() -> dict[str, tuple[str, Bench]]:
-    from bench import labrollback, libvirt, lifecycle, migration, netplumb, screen, snapshot, stop
+    from bench import (
+        density,
+        labrollback,
+        libvirt,
+        lifecycle,
+        migration,
+        netplumb,
+        plainpc,
+        screen,
+        snapshot,
+        stop,
+    )
     return {
         "mgmt": ("start until QMP answers", lifecycle.management_overhead),
         "libvirt": ("virsh start", libvirt.virsh_start),
         "boot": ("boot to shell + idle RSS", lifecycle.boot_and_memory),
         "stop": ("stop a running guest", stop.stop),
+        "plain": ("boot vs plain pc", plainpc.boot_vs_plain),
         "snapshot": ("live snapshot load", snapshot.snapshot_load),
         "net": ("network plumbing", netplumb.plumbing),
         "screen": ("screenshot", screen.screenshot),
         "migrate": ("migration", migration.migration),
         "labrollback": ("lab rollback vs cold up", labrollback.lab_rollback),
+        "density": ("50 machines", density.fifty_machines),
     }
 
 

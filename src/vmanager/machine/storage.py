@@ -129,7 +129,7 @@ class StorageMixin(MachineBase):
             self._cd_nodes = [self.cd.node_name(0), f"{self.cd.node_name(0)}-file"]
         # Options of one -m merge, so this adds hot-plug room to the core's "-m size".
         ctx.add("-m", f"slots={self.memory_slots},maxmem={self._max_memory()}M",
-                "-device", "virtio-balloon-pci,id=balloon0")
+                "-device", "virtio-balloon-pci,id=balloon0,free-page-reporting=on")
         if self._incoming:
             ctx.add("-incoming", "defer")
 
