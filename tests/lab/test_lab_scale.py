@@ -1,0 +1,86 @@
+"""Scale: a 20-machine lab comes up, every shell answers, and down leaves nothing.
+
+Prints how long each phase took and the memory the lab's QEMUs held together at
+their peak (run pytest with ``-s`` to see it). Timing goals live in bench/, not
+here: this test proves the lab works at that size and cleans up after itself.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmanager import lab as labs
+from vmanager.lab import record as labrec
+from vmanager.net import list_namespaces
+from vmanager.state import records
+from vmanager.state.persist import attach, detach
+
+pytestmark = [pytest.mark.guest, pytest.mark.net]
+
+if os.geteuid() != 0:
+    pytest.skip("labs need root (namespaces, bridges)", allow_module_level=True)
+
+COUNT = 20
+
+
+def _lab_source(tag: str) -> str:
+    lines = [f'[lab]\nname = "l{tag}"\n', f"[switches.s{tag}]\n"]
+    for i in range(COUNT):
+        lines.append(f'[machines.m{tag}x{i}]\nguest = "tiny"\nmemory = 128\n'
+                     f'nics = [{{ switch = "s{tag}" }}]\n')
+    return "\n".join(lines)
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _answer(name: str) -> tuple[str, float]:
+    machine = attach(name, timeout=60)
+    try:
+        machine.wait_ready(600)
+        out = machine.succeed("hostname", timeout=120).strip()
+        return out, _rss_mib(machine.pid) if machine.pid else 0.0
+    finally:
+        detach(machine)
+
+
+def test_twenty_machine_lab_up_answers_and_down(tiny: Any, tmp_path: Path) -> None:
+    tag = secrets.token_hex(2)
+    path = tmp_path / "scale.toml"
+    path.write_text(_lab_source(tag))
+    lab = labs.load(path)
+    names = [m.name for m in lab.machines]
+    ns_before = set(list_namespaces())
+    t0 = time.monotonic()
+    try:
+        result = labs.up(lab, timeout=600)
+        t_up = time.monotonic() - t0
+        assert len(result.made) == COUNT + 1
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(_answer, names))
+        t_ready = time.monotonic() - t0
+        # every guest's own shell answered with its own name
+        assert [a for a, _ in answers] == names
+        peak = sum(rss for _, rss in answers)
+    finally:
+        t1 = time.monotonic()
+        removed = labs.down(lab.name, timeout=300)
+        t_down = time.monotonic() - t1
+    assert len(removed) == COUNT + 1
+    assert labrec.load(lab.name) is None
+    assert not [n for n in names if records.find(n) is not None]
+    assert not (set(list_namespaces()) - ns_before) & set(names)
+    print(f"\n{COUNT}-machine lab: up {t_up:.1f} s, every shell answered after {t_ready:.1f} s, "
+          f"down {t_down:.1f} s; the QEMUs' RSS together {peak:.0f} MiB "
+          f"({peak / COUNT:.0f} MiB each)")
