@@ -26,7 +26,7 @@ from typing import Protocol
 
 from vmanager import validate
 from vmanager.errors import CommandError, ConfigError, HostError, NotFoundError, StateError
-from vmanager.storage import _blockdev
+from vmanager.qemu import blockdev as _blockdev
 from vmanager.storage.qemu_img import StrPath
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,11 @@ class CD:
 
     def node_name(self, index: int) -> str:
         """The block node name of the medium for ``qemu_args(index)``."""
-        return f"cd{_index(index)}"
+        return _blockdev.cd_id(_index(index))
 
     def device_id(self, index: int) -> str:
         """The ``-device`` id of the drive; QMP tray and medium commands take it as ``id``."""
-        return f"cd{_index(index)}"
+        return _blockdev.cd_id(_index(index))
 
     def qemu_args(self, index: int, *, bootindex: int | None = None,
                   bus: str | None = None) -> list[str]:
@@ -187,14 +187,8 @@ class CD:
               bus: str | None) -> list[str]:
         if not self.path.is_file():
             raise NotFoundError(f"ISO image {self.path} does not exist")
-        args = _blockdev.blockdev({"driver": "file", "filename": str(self.path),
-                                   "node-name": f"{node}-file", "read-only": True})
-        args += _blockdev.blockdev({"driver": "raw", "file": f"{node}-file",
-                                    "node-name": node, "read-only": True})
-        driver = _blockdev.CD_DEVICES[self.interface]
-        args += _blockdev.attach(driver, interface=self.interface, node=node, dev_id=dev_id,
-                                 bus=bus, bootindex=bootindex)
-        return args
+        return _blockdev.cd_args(str(self.path), node=node, dev_id=dev_id,
+                                 interface=self.interface, bootindex=bootindex, bus=bus)
 
     @property
     def qemu_string(self) -> str:

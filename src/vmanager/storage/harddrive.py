@@ -29,7 +29,8 @@ from typing import Protocol
 
 from vmanager import validate
 from vmanager.errors import ConfigError, NotFoundError, StateError, StorageError
-from vmanager.storage import _blockdev, chain, qemu_img
+from vmanager.qemu import blockdev as _blockdev
+from vmanager.storage import chain, qemu_img
 from vmanager.storage.qemu_img import ImageInfo, SnapshotInfo, StrPath
 
 log = logging.getLogger(__name__)
@@ -349,11 +350,20 @@ class Harddrive:
 
     def node_name(self, index: int) -> str:
         """The block node name of the disk's format node for ``qemu_args(index)``."""
-        return f"disk{_index(index)}"
+        return _blockdev.disk_id(_index(index))
 
     def device_id(self, index: int) -> str:
         """The ``-device`` id for ``qemu_args(index)`` (QMP ``id`` arguments use it)."""
-        return f"disk{_index(index)}"
+        return _blockdev.disk_id(_index(index))
+
+    def layers(self) -> tuple[_blockdev.Layer, ...]:
+        """The image chain QEMU is to open, top first, as the chain check accepted it.
+
+        Checks the image as :meth:`info` does and raises the same errors.
+        """
+        top = self.info()
+        return (_blockdev.Layer(str(self.path), top.format),
+                *(_blockdev.Layer(layer.filename, layer.format) for layer in top.backing_chain))
 
     def qemu_args(self, index: int, *, bootindex: int | None = None,
                   bus: str | None = None) -> list[str]:
@@ -374,27 +384,9 @@ class Harddrive:
 
     def _args(self, node: str, dev_id: str, *, bootindex: int | None,
               bus: str | None) -> list[str]:
-        top = self.info()
-        layers = [top, *top.backing_chain]
-        names = [node] + [f"{node}-b{n}" for n in range(1, len(layers))]
-        args: list[str] = []
-        for depth in reversed(range(len(layers))):
-            layer, layer_node = layers[depth], names[depth]
-            read_only = self.readonly or depth > 0
-            args += _blockdev.blockdev({"driver": "file", "filename": layer.filename
-                                        if depth else str(self.path),
-                                        "node-name": f"{layer_node}-file",
-                                        "read-only": read_only})
-            fmt_node: dict[str, object] = {"driver": layer.format, "node-name": layer_node,
-                                           "file": f"{layer_node}-file",
-                                           "read-only": read_only}
-            if layer.format == "qcow2":
-                fmt_node["backing"] = names[depth + 1] if depth + 1 < len(layers) else None
-            args += _blockdev.blockdev(fmt_node)
-        driver = _blockdev.DISK_DEVICES[self.interface]
-        args += _blockdev.attach(driver, interface=self.interface, node=node, dev_id=dev_id,
-                                 bus=bus, bootindex=bootindex)
-        return args
+        return _blockdev.disk_args(self.layers(), node=node, dev_id=dev_id,
+                                   interface=self.interface, readonly=self.readonly,
+                                   bootindex=bootindex, bus=bus)
 
     @property
     def qemu_string(self) -> str:
