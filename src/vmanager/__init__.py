@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vmanager import state as _state  # noqa: F401  (registers every Machine's recorder)
 from vmanager.errors import VmanagerError
 from vmanager.guests import tiny_guest
 from vmanager.machine import ExecResult, Machine, State

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from vmanager.errors import ConfigError, HostError, QMPError, StateError
-from vmanager.machine.base import LaunchContext, State
-from vmanager.machine.screen import ScreenMixin
+from vmanager.machine.base import State
+from vmanager.machine.screen import Screen
+from vmanager.qemu import cmdline
 
 
 def _encoded(fmt: str) -> bytes:
@@ -26,8 +27,8 @@ def _encoded(fmt: str) -> bytes:
 SCREEN = {"png": _encoded("PNG"), "ppm": _encoded("PPM")}
 
 
-class FakeScreen(ScreenMixin):
-    """A ScreenMixin whose QMP writes a 64x48 red screen, with or without PNG support."""
+class FakeMachine:
+    """A MachineView whose QMP writes a 64x48 red screen, with or without PNG support."""
 
     def __init__(self, tmp: Path, *, png: bool) -> None:
         self.name = "fake"
@@ -35,11 +36,24 @@ class FakeScreen(ScreenMixin):
         self.state = State.RUNNING
         self.run_dir = tmp / "run"
         self.run_dir.mkdir()
-        self._monitor = object()  # type: ignore[assignment]
         self.png = png
         self.calls: list[tuple[str, dict[str, Any] | None]] = []
-        self._init_screen()
-        self.screenshot_dir = tmp / "shots"
+
+    def monitor(self) -> Any:
+        if self.state not in (State.RUNNING, State.PAUSED):
+            raise StateError("not running", state=self.state)
+        return object()
+
+    def require(self, *states: State, action: str) -> None:
+        if self.state not in states:
+            raise StateError(f"cannot {action}: machine is {self.state.value}, it must be "
+                             "running", state=self.state)
+
+    def quiet(self, command: str, arguments: dict[str, Any]) -> None:
+        pass
+
+    def changed(self) -> None:
+        pass
 
     def qmp(self, command: str, arguments: dict[str, Any] | None = None, *,
             timeout: float = 60.0) -> Any:
@@ -51,6 +65,28 @@ class FakeScreen(ScreenMixin):
                            description="Parameter 'format' is unexpected")
         Path(arguments["filename"]).write_bytes(SCREEN[arguments["format"]])
         return {}
+
+
+class FakeScreen(Screen):
+    """The real Screen part on a FakeMachine."""
+
+    def __init__(self, tmp: Path, *, png: bool) -> None:
+        self.vm = FakeMachine(tmp, png=png)
+        super().__init__(self.vm)
+        self.screenshot_dir = tmp / "shots"
+        self.run_dir = self.vm.run_dir
+
+    @property
+    def calls(self) -> list[tuple[str, dict[str, Any] | None]]:
+        return self.vm.calls
+
+    @property
+    def state(self) -> State:
+        return self.vm.state
+
+    @state.setter
+    def state(self, value: State) -> None:
+        self.vm.state = value
 
 
 @pytest.mark.parametrize("png", [True, False])
@@ -74,7 +110,7 @@ def test_other_screendump_errors_are_not_mistaken_for_missing_png(tmp_path: Path
                timeout: float = 60.0) -> Any:
         raise QMPError("QMP screendump failed: no surface", command=command,
                        error_class="GenericError", description="no surface")
-    fake.qmp = broken  # type: ignore[method-assign]
+    fake.vm.qmp = broken  # type: ignore[method-assign]
     with pytest.raises(QMPError, match="no surface"):
         fake.screenshot(tmp_path / "out.png")
 
@@ -95,20 +131,22 @@ def test_launch_adds_a_headless_display_an_idle_vnc_display_and_a_tablet(
     fake.state = State.DEFINED
 
     def argv() -> list[str]:
-        ctx = LaunchContext(run_dir=tmp_path, accel="tcg")
-        fake._prepare_launch(ctx)
-        return ctx.argv
+        spec = fake.contribute(cmdline.MachineSpec(
+            qemu="qemu", name="fake", accel="tcg",
+            sockets=cmdline.Sockets(qmp_fd=3, serial_fd=4, shell_fd=5, serial_log="s",
+                                    pidfile="p")))
+        return cmdline.display_args(vga=spec.vga, tablet=spec.tablet)
 
     assert argv() == ["-display", "none", "-vga", "std", "-vnc", "none",
                       "-device", "virtio-tablet-pci,id=vm-tablet"]
-    fake.configure_screen(vga="virtio", tablet="usb")
+    fake.configure(vga="virtio", tablet="usb")
     assert argv()[3] == "virtio" and "usb-tablet,id=vm-tablet,bus=vm-xhci.0" in argv()
-    fake.configure_screen(tablet=None)
+    fake.configure(tablet=None)
     assert not any("tablet" in a for a in argv())
     with pytest.raises(ConfigError, match="vga 'vmware9'"):
-        fake.configure_screen(vga="vmware9")
+        fake.configure(vga="vmware9")
     with pytest.raises(ConfigError, match="tablet"):
-        fake.configure_screen(tablet="ps2")  # type: ignore[arg-type]
+        fake.configure(tablet="ps2")  # type: ignore[arg-type]
     fake.state = State.RUNNING
     with pytest.raises(StateError, match="running"):
-        fake.configure_screen(vga="std")
+        fake.configure(vga="std")

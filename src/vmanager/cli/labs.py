@@ -95,7 +95,7 @@ def cmd_graph(args: argparse.Namespace) -> int:
 
 def cmd_net(args: argparse.Namespace) -> int:
     from vmanager.lab import record as labrec
-    from vmanager.state import _net
+    from vmanager.net import adopt as _net
     rows = []
     for rec in labrec.all_records():
         for item in rec.made:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, NotFoundError, StateError, VmanagerError
 from vmanager.lab import record as labrec
-from vmanager.state._lock import locked
+from vmanager.state.lock import locked
 
 if TYPE_CHECKING:
     from vmanager.lab.model import Lab

@@ -27,7 +27,7 @@ from vmanager.lab.remote import Remote
 from vmanager.lab.runner import Step, UpResult, _no_progress
 from vmanager.lab.servers import ServerSpec
 from vmanager.lab.spec import Lab
-from vmanager.state._lock import locked
+from vmanager.state.lock import locked
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,11 @@ from vmanager.errors import (
 from vmanager.lab import record as labrec
 from vmanager.lab.record import LabRecord
 from vmanager.lab.spec import HostSpec, Lab, MachineSpec, RouterSpec, SwitchSpec
+from vmanager.net import adopt as _net
 from vmanager.net import batch_removal, impair
 from vmanager.net.impair import Impairment
-from vmanager.state import _net, records
-from vmanager.state._lock import locked
+from vmanager.state import records
+from vmanager.state.lock import locked
 from vmanager.state.persist import PersistentMachine, attach, detach, machine_kwargs
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
 from vmanager.state.records import MachineRecord

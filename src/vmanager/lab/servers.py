@@ -295,8 +295,8 @@ def part(lab: Any, server: str | None) -> Any:
 
 def make_stretch(bridge: str, stretch: StretchSpec) -> None:
     """Make a stretched switch's VXLAN port on ``bridge`` (the lab record owns it after)."""
+    from vmanager.net import adopt as _net
     from vmanager.net.vxlan import Vxlan
-    from vmanager.state import _net
     vx = Vxlan(stretch.ifname, vni=stretch.vni, local=stretch.local, remotes=stretch.remotes,
                port=stretch.port, underlay=stretch.underlay, bridge=bridge)
     _net.forget(vx)

@@ -89,7 +89,7 @@ def _machine_port(lab: Lab, target: str) -> Port:
     port = resolve(lab, target)
     if port.machine is None:
         raise ConfigError(f"{target!r}: impairments go on a machine's NIC (MACHINE:INDEX)")
-    from vmanager.state._net import namespace_exists
+    from vmanager.net.adopt import namespace_exists
     if not namespace_exists(port.machine):
         raise NotFoundError(f"machine {port.machine!r} of lab {lab.name!r} is not running")
     return port
@@ -120,7 +120,7 @@ def capture(lab: Lab, target: str, path: str | os.PathLike[str] | IO[bytes], *,
     from vmanager.net.capture import Capture
     port = resolve(lab, target)
     if port.machine is not None:
-        from vmanager.state._net import namespace_exists
+        from vmanager.net.adopt import namespace_exists
         if not namespace_exists(port.machine):
             raise NotFoundError(f"machine {port.machine!r} of lab {lab.name!r} is not "
                                 "running")

@@ -1,37 +1,52 @@
-"""Keyboard and absolute mouse input of a Machine (QMP ``send-key``, ``input-send-event``)."""
+"""Keyboard and absolute mouse of a Machine (``m.input``): ``send-key``, ``input-send-event``."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from vmanager.errors import ConfigError
-from vmanager.machine.base import MachineBase, State
+from vmanager.machine import keys as keynames
+from vmanager.machine.base import State
+from vmanager.machine.part import MachineView, Part
 from vmanager.screen.keymap import keys_for_text
 from vmanager.screen.pointer import abs_axis, button_name
 
 Button = int | str
 
 
-class InputMixin(MachineBase):
-    """Typing text and driving an absolute pointer in screen pixels.
+class Input(Part):
+    """Key presses, typing text and driving an absolute pointer in screen pixels.
 
-    The pointer goes through the tablet :class:`ScreenMixin` adds at launch
-    (``virtio-tablet-pci`` by default); positions are pixels of the current
-    screen, which is measured on each call so a mode change is followed.
+    The pointer goes through the tablet :class:`~vmanager.machine.screen.Screen`
+    adds at launch (``virtio-tablet-pci`` by default); positions are pixels of
+    the current screen, which is measured on each call so a mode change is
+    followed.
     """
 
-    _mouse_position: tuple[int, int] | None
+    key = "input"
 
-    def _init_input(self) -> None:
+    def __init__(self, vm: MachineView, screen_size: Callable[[], tuple[int, int]]) -> None:
+        self._vm = vm
+        self._screen_size = screen_size
+        self._mouse_position: tuple[int, int] | None = None
+
+    def teardown(self) -> None:
+        """The pointer's position is unknown after a restart."""
         self._mouse_position = None
 
-    def screen_size(self) -> tuple[int, int]:
-        """The guest screen's current ``(width, height)`` (provided by ScreenMixin)."""
-        raise NotImplementedError
-
     # -- keyboard -------------------------------------------------------------------
-    def type_text(self, text: str, *, interval: float = 0.01, hold_ms: int = 5) -> None:
+    def send_key(self, combo: str, *, hold_ms: int = 100) -> None:
+        """Press a key combination such as ``"ctrl-alt-del"`` (QEMU key names)."""
+        codes = keynames.parse_combo(combo)
+        self._send(codes, hold_ms)
+
+    def _send(self, codes: list[str], hold_ms: int) -> None:
+        self._vm.qmp("send-key", {"keys": [{"type": "qcode", "data": c} for c in codes],
+                                  "hold-time": hold_ms})
+
+    def type(self, text: str, *, interval: float = 0.01, hold_ms: int = 5) -> None:
         """Type ``text`` as a US keyboard would, one key press per character.
 
         Printable ASCII, ``\\n`` (Enter) and ``\\t`` are typeable; shift is held
@@ -55,12 +70,11 @@ class InputMixin(MachineBase):
         if not 0 <= interval <= 10:
             raise ConfigError(f"interval {interval!r} must be from 0 to 10 seconds")
         presses = keys_for_text(text)
-        self._require_state(State.RUNNING, action="type text")
-        self.log.debug("typing %d characters", len(presses))
+        self._vm.require(State.RUNNING, action="type text")
+        self._vm.log.debug("typing %d characters", len(presses))
         for keys in presses:
             started = time.monotonic()
-            self.qmp("send-key", {"keys": [{"type": "qcode", "data": k} for k in keys],
-                                  "hold-time": hold_ms})
+            self._send(list(keys), hold_ms)
             # QEMU waits hold_ms after every key press and every release.
             played = 2 * len(keys) * hold_ms / 1000
             time.sleep(max(0.0, started + played + interval - time.monotonic()))
@@ -77,8 +91,8 @@ class InputMixin(MachineBase):
         Raises :class:`ConfigError` when the point is off the current screen,
         :class:`StateError` unless running.
         """
-        self._require_state(State.RUNNING, action="move the mouse")
-        size = self.screen_size()
+        self._vm.require(State.RUNNING, action="move the mouse")
+        size = self._screen_size()
         self._move(x, y, size)
 
     def _move(self, x: int, y: int, size: tuple[int, int]) -> None:
@@ -89,12 +103,12 @@ class InputMixin(MachineBase):
 
     def mouse_down(self, button: Button = 1) -> None:
         """Press and keep holding a mouse button (1/2/3 or ``"left"``...)."""
-        self._require_state(State.RUNNING, action="press a mouse button")
+        self._vm.require(State.RUNNING, action="press a mouse button")
         self._events([_btn(button_name(button), down=True)])
 
     def mouse_up(self, button: Button = 1) -> None:
         """Release a mouse button."""
-        self._require_state(State.RUNNING, action="release a mouse button")
+        self._vm.require(State.RUNNING, action="release a mouse button")
         self._events([_btn(button_name(button), down=False)])
 
     def mouse_click(self, button: Button = 1, *, x: int | None = None, y: int | None = None,
@@ -111,7 +125,7 @@ class InputMixin(MachineBase):
             raise ConfigError("mouse_click takes both x and y, or neither")
         if not 1 <= hold_ms <= 1000:
             raise ConfigError(f"hold_ms {hold_ms!r} must be from 1 to 1000")
-        self._require_state(State.RUNNING, action="click the mouse")
+        self._vm.require(State.RUNNING, action="click the mouse")
         if x is not None and y is not None:
             self.mouse_move(x, y)
         for n in range(2 if double else 1):
@@ -131,8 +145,8 @@ class InputMixin(MachineBase):
         name = button_name(button)
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ConfigError(f"steps must be a positive whole number, got {steps!r}")
-        self._require_state(State.RUNNING, action="drag the mouse")
-        size = self.screen_size()
+        self._vm.require(State.RUNNING, action="drag the mouse")
+        size = self._screen_size()
         for px, py in ((x1, y1), (x2, y2)):
             self._check_point(px, py, size)
         self._move(x1, y1, size)
@@ -153,7 +167,7 @@ class InputMixin(MachineBase):
                               f"screen (0..{width - 1}, 0..{height - 1})")
 
     def _events(self, events: list[dict[str, Any]]) -> None:
-        self.qmp("input-send-event", {"events": events})
+        self._vm.qmp("input-send-event", {"events": events})
 
 
 def _abs(axis: str, value: int) -> dict[str, Any]:

@@ -1,39 +1,51 @@
-"""The Machine: one QEMU process, its monitor, consoles and attached resources."""
+"""The Machine: one QEMU process, its monitor and consoles, and the parts it holds.
+
+A start reads as a sequence (see :meth:`Machine.start_vm`): the recorder claims
+the name -> each part prepares host objects (undo steps pushed) -> each part
+fills in its fields of the :class:`~vmanager.qemu.cmdline.MachineSpec` ->
+:func:`~vmanager.qemu.cmdline.build` gives the argv (pure) -> QEMU is spawned
+-> consoles and QMP connect -> each part's ``after_launch`` -> the recorder
+stores what ran and every part's runtime. The seed's flat methods are
+delegates to the parts (:mod:`vmanager.machine.verbs`).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import shutil
-import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmanager import paths, validate
-from vmanager.errors import (
-    ConfigError,
-    GuestCommandError,
-    NotFoundError,
-    QemuError,
-    QemuStartError,
-    ShutdownTimeout,
-    StateError,
-)
-from vmanager.machine import keys
-from vmanager.machine.base import LaunchContext, MachineBase, State
-from vmanager.machine.network import NetworkMixin
-from vmanager.machine.screen import ScreenMixin
-from vmanager.machine.storage import StorageMixin
+from vmanager.errors import ConfigError, NotFoundError, QemuError, StateError
+from vmanager.machine import process
+from vmanager.machine import recorder as recording
+from vmanager.machine.base import State
+from vmanager.machine.boot import BootOrder
+from vmanager.machine.cdrom import CdDrive
+from vmanager.machine.chardevs import Chardevs
+from vmanager.machine.disks import Disks
+from vmanager.machine.input import Input
+from vmanager.machine.memory import Memory
+from vmanager.machine.migration import Migration
+from vmanager.machine.nics import Nics
+from vmanager.machine.part import Launch, Part
+from vmanager.machine.screen import Screen
+from vmanager.machine.shell import GuestShell
+from vmanager.machine.snapshots import Snapshots
+from vmanager.machine.verbs import SeedVerbs
+from vmanager.machine.view import View
 from vmanager.qemu import accel as _accel
-from vmanager.qemu import launch
-from vmanager.qemu.chardev import Console, ExecResult, Shell
+from vmanager.qemu import cmdline, launch
+from vmanager.qemu.chardev import Console
 from vmanager.qemu.qmp import Monitor
-from vmanager.state.mixin import PersistMixin
 
 if TYPE_CHECKING:
+    from vmanager.machine.recorder import Recorder, RunInfo
     from vmanager.net import VirtualNic
     from vmanager.storage import CD, Harddrive
 
@@ -43,7 +55,7 @@ _log = logging.getLogger("vmanager.machine")
 STOP_GRACE = 1.5
 
 
-class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase):
+class Machine(SeedVerbs):
     """A QEMU/KVM virtual machine.
 
     Arguments keep the seed's meaning: ``harddrives`` takes one
@@ -52,7 +64,13 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
     MiB of RAM. ``kernel``/``initrd``/``append`` boot a kernel directly.
     ``accel`` is ``"auto"`` (a KVM that really works, else TCG), ``"kvm"`` or
     ``"tcg"``. ``monitor_port`` opens a human monitor on 127.0.0.1:PORT (off by
-    default: anyone local could use it).
+    default: anyone local could use it). ``recorder`` keeps what the machine
+    ran for other processes (default: records in the state directory).
+
+    The features are parts it holds: :attr:`disks`, :attr:`cdrom`,
+    :attr:`network`, :attr:`ram`, :attr:`screen`, :attr:`input`,
+    :attr:`snapshots`, :attr:`chardevs`, :attr:`boot`, :attr:`shell`,
+    :attr:`migration`.
 
     Example::
 
@@ -84,9 +102,9 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         machine_type: str = "pc",
         qemu_binary: str | None = None,
         extra_args: Sequence[str] = (),
+        recorder: Recorder | None = None,
     ) -> None:
         self.name = validate.name(name, what="machine name")
-        self.memory = validate.memory_mib(memory)
         if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
             raise ConfigError(f"cpus must be a whole number from 1 to 255, got {cpus!r}")
         self.cpus = cpus
@@ -99,8 +117,8 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
                                          not 1 <= monitor_port <= 65535):
             raise ConfigError(f"monitor_port must be a TCP port 1-65535, got {monitor_port!r}")
         self.monitor_port = monitor_port
-        self.kernel = self._existing_file(kernel, "kernel")
-        self.initrd = self._existing_file(initrd, "initrd")
+        self.kernel = _existing_file(kernel, "kernel")
+        self.initrd = _existing_file(initrd, "initrd")
         if self.initrd is not None and self.kernel is None:
             raise ConfigError("initrd was given without kernel")
         if append is not None and self.kernel is None:
@@ -114,30 +132,41 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         self.state = State.DEFINED
         self.run_dir = paths.run_dir() / "machines" / self.name
         self.console = Console(f"{self.name}/serial0", logger=self.log)
-        self._shell_console = Console(f"{self.name}/hvc0", logger=self.log)
-        self._shell = Shell(self._shell_console)
         self._monitor: Monitor | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: process.Process | None = None
         self._owns_run_dir = False
+        self._detached = False
+        self._recording = False
+        self._recorder: Recorder = recorder if recorder is not None else recording.default()
         self.argv: list[str] = []
-        self.started_at: float | None = None
-        self._init_storage(harddrives, cd)
-        self._init_network(nics)
-        self._init_screen()
+        view = View(self)
+        # -- the parts, in the order the Machine walks them ---------------------------------
+        self.shell = GuestShell(view, Console(f"{self.name}/hvc0", logger=self.log))
+        self.ram = Memory(view, memory)
+        self.screen = Screen(view)
+        self.input = Input(view, self.screen.screen_size)
+        self.disks = Disks(view, harddrives)
+        self.cdrom = CdDrive(view, cd)
+        self.network = Nics(view, nics)
+        self.migration = Migration(view, self._settled)
+        self.boot = BootOrder(view, disks=self.disks, cdrom=self.cdrom, nics=self.network,
+                              direct_kernel=lambda: self.kernel is not None,
+                              incoming=lambda: self.migration.incoming)
+        self.snapshots = Snapshots(view, self.disks)
+        self.chardevs = Chardevs(view)
 
-    @staticmethod
-    def _existing_file(value: str | Path | None, what: str) -> Path | None:
-        if value is None:
-            return None
-        path = validate.path(value, what=what)
-        if not path.is_file():
-            raise NotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
-        return path.resolve()
+    def _parts(self) -> list[Part]:
+        """Every part in launch order; teardown walks it backwards.
+
+        Argv order follows it too: display, disks, CD, memory, NICs. The boot
+        order comes after the devices it numbers.
+        """
+        return [self.shell, self.screen, self.input, self.disks, self.cdrom, self.ram,
+                self.migration, self.network, self.boot, self.snapshots, self.chardevs]
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} {self.state.value}>"
 
-    # -- context manager ----------------------------------------------------------
     def __enter__(self) -> Machine:
         return self
 
@@ -145,11 +174,49 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    # -- lifecycle ----------------------------------------------------------------
+    # -- definition ---------------------------------------------------------------------
+    def definition(self) -> dict[str, Any]:
+        """A JSON-able definition that rebuilds this machine (what records store)."""
+        return {
+            "memory": self.memory, "cpus": self.cpus, "accel": self.accel_requested,
+            "cpu_model": self.cpu_model, "machine_type": self.machine_type,
+            "kernel": str(self.kernel) if self.kernel else None,
+            "initrd": str(self.initrd) if self.initrd else None,
+            "append": self.append, "extra_args": list(self.extra_args),
+            "qemu_binary": self.qemu_binary,
+            "disks": [{"path": str(d.path), "format": d.format, "interface": d.interface}
+                      for d in self.harddrives],
+            "cd": str(self.cd.path) if self.cd is not None else None,
+            "nics": self.network.count,
+        }
+
+    def spec(self, launch_: Launch, *, qemu: str) -> cmdline.MachineSpec:
+        """The machine's :class:`~vmanager.qemu.cmdline.MachineSpec` for a prepared launch."""
+        run_dir = launch_.run_dir
+        qmp_fd, serial_fd, shell_fd = launch_.pass_fds[:3]
+        spec = cmdline.MachineSpec(
+            qemu=qemu, name=self.name, accel=launch_.accel,
+            sockets=cmdline.Sockets(qmp_fd=qmp_fd, serial_fd=serial_fd, shell_fd=shell_fd,
+                                    serial_log=str(run_dir / process.SERIAL_LOG),
+                                    pidfile=str(run_dir / process.PIDFILE)),
+            cpus=self.cpus, cpu_model=self.cpu_model, machine_type=self.machine_type,
+            kernel=str(self.kernel) if self.kernel else None,
+            initrd=str(self.initrd) if self.initrd else None, append=self.append,
+            monitor_port=self.monitor_port, extra_args=tuple(self.extra_args))
+        for part in self._parts():
+            spec = part.contribute(spec)
+        return spec
+
+    # -- lifecycle ----------------------------------------------------------------------
     @property
     def pid(self) -> int | None:
         """The QEMU process id while it runs."""
         return self._proc.pid if self._proc is not None else None
+
+    @property
+    def started_at(self) -> float | None:
+        """``time.monotonic()`` of the start (for :meth:`wait_ready`'s answer)."""
+        return self.shell.started_at
 
     def is_alive(self) -> bool:
         """Whether the QEMU process is running (frozen counts as alive)."""
@@ -177,10 +244,11 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         qemu = launch.find_qemu(self.qemu_binary)
         self.accel = _accel.choose(self.accel_requested, qemu)
         run_dir = self.run_dir
-        ctx = LaunchContext(run_dir=run_dir, accel=self.accel)
+        work = Launch(run_dir=run_dir, accel=self.accel)
         listeners = []
         try:
-            self._before_launch()
+            self._recorder.claim(self.name)
+            self._recording = True
             paths.private_dir(run_dir.parent)
             other = launch.owner_pid(run_dir)
             if other is not None:
@@ -192,91 +260,61 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
             paths.private_dir(run_dir)
             self._owns_run_dir = True
             self.log.info("starting with %s", self.accel)
-            with ctx.stack:
-                qmp_l = launch.listen_unix(run_dir / "qmp.sock")
-                con_l = launch.listen_unix(run_dir / "serial0.sock")
-                sh_l = launch.listen_unix(run_dir / "shell.sock")
-                listeners = [qmp_l, con_l, sh_l]
-                ctx.pass_fds.extend(s.fileno() for s in listeners)
-                ctx.add(qemu, "-name", f"{self.name},debug-threads=on",
-                        "-machine", f"{self.machine_type},accel={self.accel}",
-                        "-cpu", self.cpu_model or ("host" if self.accel == "kvm" else "max"),
-                        "-smp", str(self.cpus), "-m", self._memory_arg(),
-                        "-nodefaults", "-no-user-config",
-                        "-pidfile", str(run_dir / "qemu.pid"),
-                        "-chardev", f"socket,id=qmp,fd={qmp_l.fileno()},server=on,wait=off",
-                        "-mon", "chardev=qmp,mode=control",
-                        "-chardev", f"socket,id=serial0,fd={con_l.fileno()},server=on,wait=on,"
-                                    f"logfile={run_dir / 'serial0.log'},logappend=on",
-                        "-serial", "chardev:serial0",
-                        "-device", "virtio-serial-pci,id=vser0",
-                        "-chardev", f"socket,id=shell,fd={sh_l.fileno()},server=on,wait=on",
-                        "-device", "virtconsole,chardev=shell,name=vmanager.shell,id=shell0")
-                if self.monitor_port is not None:
-                    self.log.warning("monitor_port %d: a human monitor listens on 127.0.0.1; "
-                                     "any local user can reach it and control QEMU as %s",
-                                     self.monitor_port, "root")
-                    ctx.add("-chardev", f"socket,id=hmp,host=127.0.0.1,port={self.monitor_port},"
-                                        "server=on,wait=off", "-mon", "chardev=hmp,mode=readline")
-                if self.kernel is not None:
-                    ctx.add("-kernel", str(self.kernel))
-                    if self.initrd is not None:
-                        ctx.add("-initrd", str(self.initrd))
-                    if self.append:
-                        ctx.add("-append", self.append)
-                self._prepare_launch(ctx)
-                ctx.add(*self.extra_args)
-                self.argv = list(ctx.argv)
-                self._spawn(ctx, listeners, timeout)
-                ctx.stack.pop_all()
+            listeners = [launch.listen_unix(run_dir / n) for n in
+                         (process.QMP_SOCKET, process.SERIAL_SOCKET, process.SHELL_SOCKET)]
+            work.pass_fds.extend(s.fileno() for s in listeners)
+            if self.monitor_port is not None:
+                self.log.warning("monitor_port %d: a human monitor listens on 127.0.0.1; "
+                                 "any local user can reach it and control QEMU as %s",
+                                 self.monitor_port, "root")
+            for part in self._parts():
+                part.prepare(work)
+            self.argv = cmdline.build(self.spec(work, qemu=qemu))
+            self.shell.started_at = time.monotonic()
+            self._proc = process.spawn(self.name, self.argv, run_dir=run_dir,
+                                       pass_fds=work.pass_fds, log=self.log)
+            self.shell.launched(greeted=False)
+            self._monitor = process.connect(
+                self.name, self._proc, self.argv, run_dir=run_dir, console=self.console,
+                shell_console=self.shell.console, timeout=timeout, log=self.log)
         except BaseException:
             self._kill_process()
+            work.undo.unwind()
             self._cleanup()
             raise
         finally:
             for s in listeners:
                 s.close()
-            for fd in ctx.owned_fds:
+            for fd in work.owned_fds:
                 os.close(fd)
         self.state = State.RUNNING
-        self._after_launch()
-
-    def _memory_arg(self) -> str:
-        return str(self.memory)
-
-    def _spawn(self, ctx: LaunchContext, listeners: list[Any], timeout: float) -> None:
-        log_path = ctx.run_dir / "qemu.log"
-        with log_path.open("wb") as logf:
-            os.chmod(log_path, 0o600)
-            self.log.debug("argv: %s", ctx.argv)
-            self.started_at = time.monotonic()
-            try:
-                self._proc = subprocess.Popen(
-                    ctx.argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                    pass_fds=ctx.pass_fds, start_new_session=True, close_fds=True,
-                    umask=0o077)
-            except OSError as exc:
-                raise QemuStartError(f"{self.name}: could not execute {ctx.argv[0]}: {exc}",
-                                     argv=ctx.argv) from exc
-        qmp_path, con_path, sh_path = (ctx.run_dir / n for n in
-                                       ("qmp.sock", "serial0.sock", "shell.sock"))
         try:
-            # Consoles first: QEMU waits (wait=on) for them before it runs the guest.
-            self.console.attach(launch.connect_unix(con_path))
-            self._shell_console.attach(launch.connect_unix(sh_path))
-            self._shell = Shell(self._shell_console)
-            monitor = Monitor(self.name, logger=self.log)
-            monitor.connect(str(qmp_path), timeout=timeout)
-            self._monitor = monitor
-        except (QemuError, OSError) as exc:
-            status = self._proc.poll()
-            if status is None:
-                time.sleep(0.2)
-                status = self._proc.poll()
-            raise QemuStartError(
-                f"{self.name}: QEMU " + (f"exited with status {status}" if status is not None
-                                         else "did not answer on QMP") + " while starting",
-                argv=ctx.argv, log_tail=launch.log_tail(log_path), returncode=status) from exc
+            for part in self._parts():
+                part.after_launch()
+            self._recorder.started(self.run_info())
+        except BaseException:
+            self.kill()
+            raise
+
+    def run_info(self) -> RunInfo:
+        """What this machine runs, for its recorder (argv, process, every part's runtime)."""
+        if self._proc is None:
+            raise StateError(f"machine {self.name!r} is not running", state=self.state)
+        return recording.RunInfo(name=self.name, pid=self._proc.pid, argv=tuple(self.argv),
+                                run_dir=str(self.run_dir), accel=str(self.accel or ""),
+                                definition=self.definition(),
+                                parts={p.key: p.runtime() for p in self._parts()})
+
+    def _changed(self) -> None:
+        if self._recording and self._proc is not None and self.state in (State.RUNNING,
+                                                                          State.PAUSED):
+            self._recorder.changed(self.run_info())
+
+    def _settled(self) -> None:
+        """Incoming migration arrived: the guest is up already and may be paused."""
+        self.shell.launched(greeted=True)
+        self.state = State.PAUSED if self.qmp("query-status")["status"] == "paused" \
+            else State.RUNNING
 
     def stop(self) -> None:
         """Stop the machine forcefully (the seed's ``stop``): QMP ``quit``, then SIGKILL.
@@ -292,21 +330,10 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         try:
             proc = self._proc
             if proc is not None and proc.poll() is None:
-                self._quit(proc)
+                process.quit_and_reap(proc, self._monitor, grace=STOP_GRACE, log=self.log)
         finally:
             self._kill_process()
             self._cleanup()
-
-    def _quit(self, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + STOP_GRACE
-        monitor = self._monitor
-        if monitor is not None:
-            try:
-                monitor.execute("quit", timeout=STOP_GRACE / 2)
-            except QemuError as exc:  # the answer may be lost as QEMU exits
-                self.log.debug("quit: %s", exc)
-        if launch.reap(proc, timeout=max(0.0, deadline - time.monotonic())) is None:
-            self.log.warning("QEMU did not exit within %s s of quit; killing it", STOP_GRACE)
 
     def shutdown(self, *, timeout: float = 60.0) -> int:
         """Power the machine off gracefully: ACPI power button, then wait for QEMU to exit.
@@ -325,22 +352,10 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         monitor = self._require_monitor()
         proc = self._proc
         assert proc is not None
-        if self.state == State.PAUSED:
-            monitor.execute("cont", timeout=5)
-            self.state = State.RUNNING
-        try:
-            monitor.execute("system_powerdown", timeout=5)
-        except QemuError as exc:
-            if proc.poll() is None:
-                raise
-            self.log.debug("system_powerdown: %s", exc)  # it exited meanwhile
-        status = launch.reap(proc, timeout=timeout)
-        if status is None:
-            raise ShutdownTimeout(
-                f"machine {self.name!r} did not power off within {timeout} s of the ACPI "
-                "power button (does the guest handle ACPI?); it is still running: "
-                "stop() ends it by force", machine=self.name, timeout=timeout)
-        self.log.info("powered off (QEMU exit status %s)", status)
+        paused = self.state == State.PAUSED
+        self.state = State.RUNNING
+        status = process.power_off(self.name, proc, monitor, paused=paused, timeout=timeout,
+                                   log=self.log)
         self._kill_process()
         self._cleanup()
         return status
@@ -355,13 +370,13 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         if proc is not None:
             launch.kill_and_reap(proc)
 
-    def _disconnect(self) -> subprocess.Popen[bytes] | None:
+    def _disconnect(self) -> process.Process | None:
         """Close QMP and the consoles; hand back the process (QEMU may run on)."""
         if self._monitor is not None:
             self._monitor.close()
             self._monitor = None
         self.console.close()
-        self._shell_console.close()
+        self.shell.console.close()
         proc, self._proc = self._proc, None
         return proc
 
@@ -369,8 +384,17 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
         if self._detached:
             return  # the run directory belongs to the running QEMU, not to us
         self._disconnect()
+        failures: list[BaseException] = []
+        for part in reversed(self._parts()):
+            try:
+                part.teardown()
+            except Exception as exc:  # every part gets its turn; the first error is raised
+                self.log.warning("tearing down %s: %s", part.key, exc)
+                failures.append(exc)
         try:
-            self._teardown()
+            if self._recording:
+                self._recording = False
+                self._recorder.stopped(self.name)
         finally:
             # Only a run directory this object made (or attached to) is removed: a
             # start refused because the name runs elsewhere must not touch it.
@@ -378,167 +402,120 @@ class Machine(PersistMixin, NetworkMixin, StorageMixin, ScreenMixin, MachineBase
                 shutil.rmtree(self.run_dir, ignore_errors=True)
                 self._owns_run_dir = False
             self.state = State.DEFINED
+        if failures:
+            raise failures[0]
 
+    # -- another process --------------------------------------------------------------------
     @classmethod
     def attach(cls, name: str, *, timeout: float = 10.0) -> Machine:
         """Reattach to machine ``name`` started by this or another process.
 
-        QMP, consoles (with the serial history), the guest shell and screen work
-        again. Raises :class:`NotFoundError` for an unknown machine and
+        Everything works again as on the object that started it: QMP, consoles
+        (with the serial history), the guest shell, NICs (hot-plugged ones too),
+        the CD, disks, memory, screen, snapshots and chardevs. Raises
+        :class:`NotFoundError` for an unknown machine and
         :class:`~vmanager.state.StaleRecordError` when its QEMU is gone or its pid
         was reused (never signalled).
         """
-        from vmanager.state.persist import attach
-        return attach(name, timeout=timeout)
+        machine = recording.attach(name, timeout=timeout)
+        if not isinstance(machine, Machine):
+            raise TypeError(f"the registered attach returned {machine!r}, not a Machine")
+        return machine
+
+    def reconnect(self, run: RunInfo, proc: process.Process, *, timeout: float = 10.0,
+                  history: bytes = b"", started: float | None = None) -> None:
+        """Take over the running QEMU ``run`` describes (used by :meth:`attach`).
+
+        ``proc`` is the verified process; every part restores its runtime from
+        ``run.parts``. On failure nothing of the running machine is touched.
+        """
+        if self.state is not State.DEFINED or self._proc is not None:
+            raise StateError(f"machine {self.name!r} is {self.state.value}; only a defined "
+                             "machine object can reconnect", state=self.state,
+                             required=State.DEFINED)
+        self.run_dir = Path(run.run_dir)
+        self.argv = list(run.argv)
+        self.accel = run.accel
+        self._proc = proc
+        try:
+            self._monitor = process.connect(
+                self.name, proc, self.argv, run_dir=self.run_dir, console=self.console,
+                shell_console=self.shell.console, timeout=timeout, log=self.log,
+                history=history)
+            self.shell.launched(greeted=True)
+            self.state = State.RUNNING
+            if str(self.qmp("query-status", timeout=timeout)["status"]) == "paused":
+                self.state = State.PAUSED
+            for part in self._parts():
+                part.restore(_mapping(run.parts.get(part.key)))
+        except BaseException:
+            for part in self._parts():
+                part.release()
+            self._disconnect()
+            self.state = State.DEFINED
+            raise
+        self.shell.started_at = started
+        self._owns_run_dir = True  # stop()/kill() from here remove it
+        self._recording = True
 
     def detach(self) -> None:
-        """Let go of the machine and leave it running; :meth:`attach` reaches it again."""
-        from vmanager.state.persist import detach
-        detach(self)
+        """Let go of the machine and leave it running; :meth:`attach` reaches it again.
 
-    def freeze(self) -> None:
-        """Pause the guest's CPUs (QMP ``stop``)."""
-        self._require_state(State.RUNNING, State.PAUSED, action="freeze")
-        self.qmp("stop")
-        self.state = State.PAUSED
-
-    def unfreeze(self) -> None:
-        """Resume a frozen guest (QMP ``cont``)."""
-        self._require_state(State.RUNNING, State.PAUSED, action="unfreeze")
-        self.qmp("cont")
-        self.state = State.RUNNING
-
-    def status(self) -> str:
-        """QEMU's run state (``running``, ``paused``, ``shutdown``...)."""
-        return str(self.qmp("query-status")["status"])
-
-    def wait_for_shutdown(self, timeout: float = 60.0) -> int:
-        """Wait for QEMU to exit by itself (e.g. the guest powered off); return its status."""
-        proc = self._proc
-        if proc is None:
-            raise StateError(f"machine {self.name!r} is not running", state=self.state)
-        status = launch.reap(proc, timeout=timeout)
-        if status is None:
-            raise QemuError(f"{self.name}: still running after {timeout} s")
-        self.state = State.STOPPED
-        return status
-
-    # -- monitor ------------------------------------------------------------------
-    def send(self, data: str | bytes, *, timeout: float = 60.0) -> str:
-        """The seed's ``send``: ``bytes`` is a key combination, ``str`` a monitor command.
-
-        The type decides, never the text: ``m.send(b"ctrl-alt-f2")`` presses
-        those keys (switching to tty2 on a Unix guest) and returns ``""``, as
-        :meth:`send_key` does; ``m.send("stop")`` runs the human monitor command
-        ``stop`` (the VM pauses) and returns its output, as :meth:`monitor` does.
-        After a monitor command :attr:`state` follows what it did (``stop``,
-        ``cont``, ``quit``).
-
-        Raises:
-            ConfigError: ``bytes`` that are not a key combination of QEMU key
-                names (the message lists them), or neither bytes nor str.
-            StateError: the machine is not running.
-            QMPError: QEMU refused.
+        Afterwards this object is inert: ``stop()`` and ``kill()`` do nothing.
         """
-        if isinstance(data, bytes):
-            try:
-                codes = keys.parse_combo(data.decode("ascii"))
-            except (UnicodeDecodeError, ConfigError) as exc:
-                raise ConfigError(f"send({data!r}): bytes are a key combination such as "
-                                  f"b'ctrl-alt-f2', and this is not one ({exc}); pass a str "
-                                  "to run a monitor command") from exc
-            self._send_codes(codes, hold_ms=100)
-            return ""
-        if not isinstance(data, str):
-            raise ConfigError(f"send() takes bytes (a key combination) or a str (a monitor "
-                              f"command), got {type(data).__name__}")
-        return self.monitor(data, timeout=timeout)
+        self._require_state(State.RUNNING, State.PAUSED, action="detach")
+        if self._recording:
+            self._recorder.changed(self.run_info())
+        proc = self._disconnect()
+        close = getattr(proc, "close", None)
+        if callable(close):
+            close()
+        elif proc is not None:
+            proc.returncode = 0  # keeps Popen.__del__ from warning; the process runs on
+        # The machine's NICs and namespace outlive this process with QEMU; whoever
+        # attaches and stops it removes them.
+        for part in self._parts():
+            part.release()
+        self._detached = True
+        self.state = State.DEFINED
+        self._recording = False
+        self._recorder.detached(self.name)
+        self.log.info("detached; QEMU keeps running (pid %s)", getattr(proc, "pid", None))
 
-    def send_key(self, combo: str, *, hold_ms: int = 100) -> None:
-        """Press a key combination such as ``"ctrl-alt-del"`` (QEMU key names)."""
-        self._send_codes(keys.parse_combo(combo), hold_ms=hold_ms)
+    # -- QMP --------------------------------------------------------------------------------
+    def qmp(self, command: str, arguments: dict[str, Any] | None = None, *,
+            timeout: float = 60.0) -> Any:
+        """Run a QMP command on the running machine and return its result."""
+        return self._require_monitor().execute(command, arguments, timeout=timeout)
 
-    def _send_codes(self, codes: list[str], *, hold_ms: int) -> None:
-        self.qmp("send-key", {"keys": [{"type": "qcode", "data": c} for c in codes],
-                              "hold-time": hold_ms})
+    def _require_monitor(self) -> Monitor:
+        if self._monitor is None or self.state not in (State.RUNNING, State.PAUSED):
+            raise StateError(f"machine {self.name!r} is {self.state.value}; it must be "
+                             "running (start_vm() first)", state=self.state,
+                             required=State.RUNNING)
+        return self._monitor
 
-    def monitor(self, command_line: str, *, timeout: float = 60.0) -> str:
-        """Run a human monitor command (``info block``...) and return its output.
+    def _require_state(self, *states: State, action: str) -> None:
+        if self.state not in states:
+            wanted = " or ".join(s.value for s in states)
+            raise StateError(f"cannot {action}: machine {self.name!r} is {self.state.value}, "
+                             f"it must be {wanted}", state=self.state, required=states)
 
-        :attr:`state` follows what the command did: after ``stop`` the machine
-        is paused, after ``cont`` running, after ``quit`` stopped.
-        """
-        if not isinstance(command_line, str):
-            raise ConfigError(f"a monitor command is a str, got {type(command_line).__name__}")
-        monitor = self._require_monitor()
+    def _quiet(self, command: str, arguments: dict[str, Any]) -> None:
         try:
-            return monitor.hmp(command_line, timeout=timeout)
-        finally:
-            self._follow_run_state()
-
-    def _follow_run_state(self) -> None:
-        """Bring :attr:`state` in line with QEMU after a monitor command changed it."""
-        proc, monitor = self._proc, self._monitor
-        if proc is None or monitor is None or self.state not in (State.RUNNING, State.PAUSED):
-            return
-        try:
-            running = bool(monitor.execute("query-status", timeout=5)["running"])
+            self.qmp(command, arguments)
         except QemuError as exc:
-            # "quit": QEMU is going away; is_alive() and stop() take it from here
-            if launch.reap(proc, timeout=1.0) is not None:
-                self.state = State.STOPPED
-            self.log.debug("query-status after a monitor command: %s", exc)
-            return
-        self.state = State.RUNNING if running else State.PAUSED
+            self.log.debug("%s %s: %s", command, arguments, exc)
 
-    # -- guest shell --------------------------------------------------------------
-    def execute(self, command: str, timeout: float = 60.0) -> ExecResult:
-        """Run ``command`` in the guest's backdoor shell (hvc0).
 
-        Returns an :class:`ExecResult` (``status, stdout = m.execute(...)``).
-        The guest must run vmanager's backdoor shell, as the tiny guest does.
-        """
-        self._require_state(State.RUNNING, action="execute a command")
-        return self._shell.execute(command, timeout=timeout)
+def _existing_file(value: str | Path | None, what: str) -> Path | None:
+    if value is None:
+        return None
+    path = validate.path(value, what=what)
+    if not path.is_file():
+        raise NotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
+    return path.resolve()
 
-    def succeed(self, command: str, timeout: float = 60.0) -> str:
-        """Run ``command`` in the guest and return its stdout.
 
-        Raises :class:`GuestCommandError` (status, stdout, stderr) unless it exits 0.
-        """
-        result = self.execute(command, timeout=timeout)
-        if result.status != 0:
-            raise GuestCommandError(f"{self.name}: command failed", command=command,
-                                    status=result.status, output=result.stdout,
-                                    stderr=result.stderr)
-        return result.stdout
-
-    def fail(self, command: str, timeout: float = 60.0) -> str:
-        """Run ``command`` and return its stdout; raise if it *succeeds*."""
-        result = self.execute(command, timeout=timeout)
-        if result.status == 0:
-            raise GuestCommandError(f"{self.name}: command unexpectedly succeeded",
-                                    command=command, status=0, output=result.stdout)
-        return result.stdout
-
-    def wait_until_succeeds(self, command: str, timeout: float = 60.0,
-                            interval: float = 0.5) -> str:
-        """Retry ``command`` until it exits 0; return its stdout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            result = self.execute(command, timeout=max(1.0, left))
-            if result.status == 0:
-                return result.stdout
-            if time.monotonic() + interval > deadline:
-                raise GuestCommandError(f"{self.name}: command did not succeed within "
-                                        f"{timeout} s", command=command,
-                                        status=result.status, output=result.stdout,
-                                        stderr=result.stderr)
-            time.sleep(interval)
-
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Wait until the guest's backdoor shell takes commands; return seconds since start."""
-        self._require_state(State.RUNNING, action="wait for the guest's shell")
-        self._shell.wait_ready(timeout)
-        return time.monotonic() - (self.started_at or time.monotonic())
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

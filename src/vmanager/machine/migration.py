@@ -12,19 +12,21 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vmanager.errors import ConfigError, HostError, NotFoundError, QemuError, QMPError, StateError
 from vmanager.machine import _jobs
 from vmanager.machine.base import State
+from vmanager.machine.part import MachineView, Part
 from vmanager.machine.state import MigrationProgress, MigrationResult, ProgressCallback
 from vmanager.qemu import launch
-from vmanager.qemu.chardev import Shell
 
 if TYPE_CHECKING:
-    from vmanager.machine.storage import StorageMixin
-    from vmanager.storage import Harddrive
+    from vmanager.machine.disks import Disks
+    from vmanager.qemu.cmdline import MachineSpec
 
 TRANSPORTS = ("unix", "tcp")
 #: Default bandwidth cap: effectively none (QEMU's default, 128 MiB/s, slows big guests).
@@ -32,24 +34,80 @@ DEFAULT_BANDWIDTH_MIB = 10240
 _POLL = 0.1
 
 
-def migrate(src: StorageMixin, dst: StorageMixin, *, transport: str,
+class Migration(Part):
+    """Whether the next start waits for an incoming migration (``-incoming defer``).
+
+    ``settled`` is the Machine's own step once incoming state has arrived: the
+    guest is already up, so its shell will not greet again.
+    """
+
+    key = "migration"
+
+    def __init__(self, vm: MachineView, settled: Callable[[], None]) -> None:
+        self.vm = vm
+        self.incoming = False
+        self._settled = settled
+
+    def contribute(self, spec: MachineSpec) -> MachineSpec:
+        """``-incoming defer`` for a destination."""
+        return replace(spec, incoming=self.incoming)
+
+    def teardown(self) -> None:
+        """The next start is an ordinary one."""
+        self.incoming = False
+
+    def settle(self) -> None:
+        """Incoming state arrived: the machine runs the migrated guest."""
+        self.incoming = False
+        self._settled()
+
+
+class Migratable(Protocol):
+    """What migration needs of a Machine at each end."""
+
+    @property
+    def name(self) -> str:
+        """The machine's name."""
+
+    @property
+    def state(self) -> State:
+        """The machine's lifecycle state."""
+
+    @property
+    def disks(self) -> Disks:
+        """Its harddrives."""
+
+    @property
+    def migration(self) -> Migration:
+        """Its migration part."""
+
+    def start_vm(self, *, timeout: float = 30.0) -> None:
+        """Start QEMU."""
+
+    def kill(self) -> None:
+        """SIGKILL QEMU and clean up."""
+
+    def is_alive(self) -> bool:
+        """Whether QEMU runs."""
+
+
+def migrate(src: Migratable, dst: Migratable, *, transport: str,
             progress: ProgressCallback | None, timeout: float, bandwidth_mib: int | None,
             downtime_ms: int) -> MigrationResult:
-    """See :meth:`StorageMixin.migrate`."""
-    from vmanager.machine.storage import StorageMixin
-    if not isinstance(dst, StorageMixin):
+    """See :meth:`Machine.migrate`."""
+    if not isinstance(getattr(dst, "migration", None), Migration):
         raise ConfigError(f"migrate takes a Machine to migrate into, got {dst!r}")
     if dst is src:
         raise ConfigError(f"cannot migrate machine {src.name!r} into itself")
     if transport not in TRANSPORTS:
         raise ConfigError(f"transport {transport!r} is not one of {', '.join(TRANSPORTS)}")
-    src._require_state(State.RUNNING, State.PAUSED, action="migrate")
+    src.migration.vm.require(State.RUNNING, State.PAUSED, action="migrate")
     if dst.state in (State.RUNNING, State.PAUSED):
         raise StateError(f"target machine {dst.name!r} is {dst.state.value}; migrate needs a "
                          "stopped Machine to start as the destination", state=dst.state,
                          required=State.DEFINED)
     shared = _hand_over_drives(src, dst)
-    dst._incoming = True
+    dst.migration.incoming = True
     try:
         dst.start_vm()
     except BaseException:
@@ -58,18 +116,18 @@ def migrate(src: StorageMixin, dst: StorageMixin, *, transport: str,
     try:
         _check_same_devices(src, dst)
         for m in (src, dst):
-            m.qmp("migrate-set-capabilities",
+            m.migration.vm.qmp("migrate-set-capabilities",
                   {"capabilities": [{"capability": "events", "state": True}]})
-        src.qmp("migrate-set-parameters",
+        src.migration.vm.qmp("migrate-set-parameters",
                 {"max-bandwidth": (bandwidth_mib or DEFAULT_BANDWIDTH_MIB) << 20,
                  "downtime-limit": downtime_ms})
         if transport == "unix":
-            uri = f"unix:{dst.run_dir / 'migrate.sock'}"
-            dst.qmp("migrate-incoming", {"uri": uri})
+            uri = f"unix:{dst.migration.vm.run_dir / 'migrate.sock'}"
+            dst.migration.vm.qmp("migrate-incoming", {"uri": uri})
         else:
-            dst.qmp("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+            dst.migration.vm.qmp("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
             uri = _incoming_tcp_uri(dst)
-        src.log.info("migrating to %s over %s", dst.name, uri)
+        src.migration.vm.log.info("migrating to %s over %s", dst.name, uri)
         result = _run_outgoing(src, uri, progress=progress, timeout=timeout,
                                peer=dst, target=dst.name)
         _wait_incoming_done(dst, timeout=60.0)
@@ -89,40 +147,40 @@ def migrate(src: StorageMixin, dst: StorageMixin, *, transport: str,
     return result
 
 
-def save(m: StorageMixin, path: Path, *, keep_running: bool,
+def save(m: Migratable, path: Path, *, keep_running: bool,
          progress: ProgressCallback | None, timeout: float) -> MigrationResult:
-    """See :meth:`StorageMixin.save_state`."""
-    monitor = m._require_monitor()
+    """See :meth:`Machine.save_state`."""
+    monitor = m.migration.vm.monitor()
     target = Path(os.path.abspath(path))
     fd, tmp = _jobs.temp_beside(target, "machine state")
     fdname = f"vm-save-{os.getpid()}-{fd}"
     was_running = m.state == State.RUNNING
     try:
         monitor.send_fd(fd, fdname)
-        m.qmp("migrate-set-capabilities",
+        m.migration.vm.qmp("migrate-set-capabilities",
               {"capabilities": [{"capability": "events", "state": True}]})
-        m.qmp("migrate-set-parameters", {"max-bandwidth": DEFAULT_BANDWIDTH_MIB << 20})
+        m.migration.vm.qmp("migrate-set-parameters", {"max-bandwidth": DEFAULT_BANDWIDTH_MIB << 20})
         try:
             result = _run_outgoing(m, f"fd:{fdname}", progress=progress, timeout=timeout,
                                    peer=None, target=str(target))
         finally:
-            m._quiet("closefd", {"fdname": fdname})  # QEMU has usually taken it already
+            m.migration.vm.quiet("closefd", {"fdname": fdname})  # QEMU has usually taken it already
         os.fsync(fd)
         os.replace(tmp, target)
     finally:
         os.close(fd)
         tmp.unlink(missing_ok=True)
-    m.log.info("saved state to %s (%d bytes)", target, target.stat().st_size)
+    m.migration.vm.log.info("saved state to %s (%d bytes)", target, target.stat().st_size)
     if keep_running:
         if was_running:
-            m.qmp("cont")
+            m.migration.vm.qmp("cont")
     else:
         _finish_source(m)
     return result
 
 
-def restore(m: StorageMixin, path: Path, *, timeout: float) -> None:
-    """See :meth:`StorageMixin.restore_state`."""
+def restore(m: Migratable, path: Path, *, timeout: float) -> None:
+    """See :meth:`Machine.restore_state`."""
     source = Path(os.path.abspath(path))
     if not source.is_file():
         raise NotFoundError(f"machine state file {source} does not exist")
@@ -134,14 +192,14 @@ def restore(m: StorageMixin, path: Path, *, timeout: float) -> None:
     except OSError as exc:
         raise HostError(f"cannot read machine state {source}: {exc.strerror}") from exc
     try:
-        m._incoming = True
+        m.migration.incoming = True
         m.start_vm()
         try:
             fdname = f"vm-restore-{os.getpid()}-{fd}"
-            m._require_monitor().send_fd(fd, fdname)
-            m.qmp("migrate-set-capabilities",
+            m.migration.vm.monitor().send_fd(fd, fdname)
+            m.migration.vm.qmp("migrate-set-capabilities",
                   {"capabilities": [{"capability": "events", "state": True}]})
-            m.qmp("migrate-incoming", {"uri": f"fd:{fdname}"})
+            m.migration.vm.qmp("migrate-incoming", {"uri": f"fd:{fdname}"})
             _wait_incoming_done(m, timeout=timeout)
         except BaseException as exc:
             tail = _log_tail(m)
@@ -153,18 +211,18 @@ def restore(m: StorageMixin, path: Path, *, timeout: float) -> None:
     finally:
         os.close(fd)
     _settle_destination(m)
-    m.log.info("restored state from %s", source)
+    m.migration.vm.log.info("restored state from %s", source)
 
 
 # -- helpers -----------------------------------------------------------------------------
-def _run_outgoing(m: StorageMixin, uri: str, *, progress: ProgressCallback | None,
-                  timeout: float, peer: StorageMixin | None, target: str) -> MigrationResult:
+def _run_outgoing(m: Migratable, uri: str, *, progress: ProgressCallback | None,
+                  timeout: float, peer: Migratable | None, target: str) -> MigrationResult:
     """Start ``migrate`` to ``uri`` and watch it; cancel it on timeout or error."""
-    m.qmp("migrate", {"uri": uri})
+    m.migration.vm.qmp("migrate", {"uri": uri})
     deadline = time.monotonic() + timeout
     try:
         while True:
-            info = m.qmp("query-migrate")
+            info = m.migration.vm.qmp("query-migrate")
             status = str(info.get("status", "none"))
             ram = info.get("ram") or {}
             if progress is not None and ram:
@@ -194,13 +252,13 @@ def _run_outgoing(m: StorageMixin, uri: str, *, progress: ProgressCallback | Non
         raise
 
 
-def _cancel(m: StorageMixin) -> None:
+def _cancel(m: Migratable) -> None:
     """Cancel an outgoing migration and wait until the source runs on its own again."""
-    m._quiet("migrate_cancel", {})
+    m.migration.vm.quiet("migrate_cancel", {})
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            status = m.qmp("query-migrate").get("status")
+            status = m.migration.vm.qmp("query-migrate").get("status")
         except QemuError:
             return
         if status in ("cancelled", "failed", "completed", "none", None):
@@ -208,20 +266,20 @@ def _cancel(m: StorageMixin) -> None:
         time.sleep(_POLL)
 
 
-def _incoming_tcp_uri(dst: StorageMixin) -> str:
+def _incoming_tcp_uri(dst: Migratable) -> str:
     """The port QEMU picked for ``tcp:127.0.0.1:0`` (``query-migrate`` socket-address)."""
-    for addr in dst.qmp("query-migrate").get("socket-address", []):
+    for addr in dst.migration.vm.qmp("query-migrate").get("socket-address", []):
         if addr.get("type") == "inet":
             return f"tcp:127.0.0.1:{addr['port']}"
     raise QemuError(f"{dst.name}: the incoming migration listener has no TCP address")
 
 
-def _wait_incoming_done(m: StorageMixin, *, timeout: float) -> None:
+def _wait_incoming_done(m: Migratable, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if not m.is_alive():
             raise QemuError(f"{m.name}: QEMU exited while receiving the machine state")
-        status = str(m.qmp("query-status")["status"])
+        status = str(m.migration.vm.qmp("query-status")["status"])
         if status != "inmigrate":
             if status in ("running", "paused", "postmigrate"):
                 return
@@ -231,39 +289,37 @@ def _wait_incoming_done(m: StorageMixin, *, timeout: float) -> None:
         time.sleep(_POLL)
 
 
-def _settle_destination(m: StorageMixin) -> None:
+def _settle_destination(m: Migratable) -> None:
     """The guest is already up: its shell will not greet again; track its run state."""
-    m._incoming = False
-    m._shell = Shell(m._shell_console, expect_hello=False)
-    m.state = State.PAUSED if m.qmp("query-status")["status"] == "paused" else State.RUNNING
+    m.migration.settle()
 
 
-def _finish_source(m: StorageMixin) -> None:
+def _finish_source(m: Migratable) -> None:
     """The guest lives elsewhere now: end the source QEMU without resuming it.
 
     ``stop()`` would resume the guest to power it off, which must not happen
     to a migrated source whose disks the destination now owns.
     """
-    m._quiet("quit", {})
+    m.migration.vm.quiet("quit", {})
     m.kill()
 
 
-def _device_map(m: StorageMixin) -> dict[str, str]:
+def _device_map(m: Migratable) -> dict[str, str]:
     found: dict[str, str] = {}
-    for prop in m.qmp("qom-list", {"path": "/machine/peripheral"}):
+    for prop in m.migration.vm.qmp("qom-list", {"path": "/machine/peripheral"}):
         kind = str(prop.get("type", ""))
         if kind.startswith("child<"):
             found[str(prop["name"])] = kind[6:-1]
     return found
 
 
-def _memory_map(m: StorageMixin) -> dict[str, Any]:
-    summary = m.qmp("query-memory-size-summary")
+def _memory_map(m: Migratable) -> dict[str, Any]:
+    summary = m.migration.vm.qmp("query-memory-size-summary")
     return {"base-memory": summary.get("base-memory"),
             "plugged-memory": summary.get("plugged-memory", 0)}
 
 
-def _check_same_devices(src: StorageMixin, dst: StorageMixin) -> None:
+def _check_same_devices(src: Migratable, dst: Migratable) -> None:
     """Refuse before sending anything when the destination cannot take the guest."""
     problems: list[str] = []
     a, b = _device_map(src), _device_map(dst)
@@ -284,20 +340,14 @@ def _check_same_devices(src: StorageMixin, dst: StorageMixin) -> None:
                           + f". {src.name} keeps running")
 
 
-def _hand_over_drives(src: StorageMixin, dst: StorageMixin) -> list[Harddrive]:
+def _hand_over_drives(src: Migratable, dst: Migratable) -> list[Any]:
     """Disks both machines name are shared storage: let the destination attach them."""
-    shared = [d for d in src._attached if any(d is e for e in dst.harddrives)]
-    for drive in shared:
-        drive.detach(src)
-        src._attached.remove(drive)
-    return shared
+    return src.disks.hand_over(dst.disks)
 
 
-def _take_back_drives(src: StorageMixin, shared: list[Harddrive]) -> None:
-    for drive in shared:
-        drive.attach(src)
-        src._attached.append(drive)
+def _take_back_drives(src: Migratable, shared: list[Any]) -> None:
+    src.disks.take_back(shared)
 
 
-def _log_tail(m: StorageMixin) -> str:
-    return launch.log_tail(m.run_dir / "qemu.log")
+def _log_tail(m: Migratable) -> str:
+    return launch.log_tail(m.migration.vm.run_dir / "qemu.log")

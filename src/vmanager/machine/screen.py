@@ -1,15 +1,15 @@
-"""Screen, keyboard and mouse of a Machine: display adapter, screenshots, waiting, VNC.
+"""The screen of a Machine (``m.screen``): display adapter, screenshots, waiting, VNC.
 
 Machines are headless (``-display none``) with a display adapter, so there is
 always a screen to capture, and a tablet for an absolute pointer. Screenshots
 come from QMP ``screendump``: PNG straight from QEMU when it can write PNG
 (QEMU >= 7.1 built with libpng), else PPM converted with Pillow. In-memory
-images (:meth:`ScreenMixin.screenshot_image`) use PPM, which QEMU writes and
+images (:meth:`Screen.screenshot_image`) use PPM, which QEMU writes and
 Pillow reads fastest.
 
 A VNC server is never listening unless asked for: QEMU starts with ``-vnc none``
 (a VNC display without any listener, idle while nobody is connected) so
-:meth:`ScreenMixin.enable_vnc` can later open it on a unix socket in the
+:meth:`Screen.enable_vnc` can later open it on a unix socket in the
 machine's private run directory with QMP ``display-update``.
 """
 
@@ -20,15 +20,17 @@ import re
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from vmanager import paths
 from vmanager.errors import ConfigError, NotFoundError, QMPError, ScreenTimeout
-from vmanager.machine.base import LaunchContext, State
-from vmanager.machine.input import InputMixin
+from vmanager.machine.base import State
+from vmanager.machine.part import MachineView, Part
+from vmanager.qemu import cmdline
 from vmanager.screen import ocr
 from vmanager.screen.image import (
     RegionMatch,
@@ -44,15 +46,17 @@ from vmanager.screen.image import (
 if TYPE_CHECKING:
     from PIL.Image import Image
 
+    from vmanager.qemu.cmdline import MachineSpec
+
 Region = tuple[int, int, int, int]
 Tablet = Literal["virtio", "usb"] | None
 T = TypeVar("T")
 
 _PPM_HEADER = re.compile(rb"P6\s+(\d+)\s+(\d+)\s+(\d+)\s")
-_VGA_CHOICES = ("std", "virtio", "cirrus", "qxl", "none")
+_VGA_CHOICES = cmdline.VGA_MODELS
 
 
-class ScreenMixin(InputMixin):
+class Screen(Part):
     """A headless display adapter, a tablet, screenshots, screen waits and VNC.
 
     Attributes set before :meth:`start_vm` (see :meth:`configure_screen`):
@@ -62,23 +66,25 @@ class ScreenMixin(InputMixin):
     ``screenshots/<name>``; it outlives the machine).
     """
 
-    vga: str
-    tablet: Tablet
-    screenshot_dir: Path
-    vnc_socket: Path | None
+    key = "screen"
 
-    def _init_screen(self) -> None:
+    def __init__(self, vm: MachineView) -> None:
+        self._vm = vm
         self.vga = "std"
-        self.tablet = "virtio"
-        self.screenshot_dir = paths.state_dir() / "screenshots" / self.name
-        self.vnc_socket = None
+        self.tablet: Tablet = "virtio"
+        self.screenshot_dir = paths.state_dir() / "screenshots" / vm.name
+        self.vnc_socket: Path | None = None
         self._vnc_wanted = False
         self._png_screendump: bool | None = None
         self._dump_lock = threading.Lock()
         self._shot_seq = 0
-        self._init_input()
 
-    def configure_screen(self, *, vga: str | None = None,
+    @property
+    def name(self) -> str:
+        """The machine's name."""
+        return self._vm.name
+
+    def configure(self, *, vga: str | None = None,
                          tablet: Tablet | Literal["keep"] = "keep") -> None:
         """Choose the display adapter and pointer device before :meth:`start_vm`.
 
@@ -88,7 +94,7 @@ class ScreenMixin(InputMixin):
         virtio drivers) or ``None``. Raises :class:`ConfigError` for unknown
         values, :class:`StateError` while the machine runs.
         """
-        self._require_state(State.DEFINED, State.STOPPED, action="change the screen set-up")
+        self._vm.require(State.DEFINED, State.STOPPED, action="change the screen set-up")
         if vga is not None:
             if vga not in _VGA_CHOICES:
                 raise ConfigError(f"vga {vga!r} is not one of {', '.join(_VGA_CHOICES)}")
@@ -99,25 +105,29 @@ class ScreenMixin(InputMixin):
             self.tablet = tablet
 
     # -- launch hooks -----------------------------------------------------------------
-    def _prepare_launch(self, ctx: LaunchContext) -> None:
-        super()._prepare_launch(ctx)
-        ctx.add("-display", "none", "-vga", self.vga, "-vnc", "none")
-        if self.tablet == "virtio":
-            ctx.add("-device", "virtio-tablet-pci,id=vm-tablet")
-        elif self.tablet == "usb":
-            ctx.add("-device", "qemu-xhci,id=vm-xhci",
-                    "-device", "usb-tablet,id=vm-tablet,bus=vm-xhci.0")
+    def contribute(self, spec: MachineSpec) -> MachineSpec:
+        """The display adapter and the tablet."""
+        return replace(spec, vga=self.vga, tablet=self.tablet)
 
-    def _after_launch(self) -> None:
-        super()._after_launch()
+    def after_launch(self) -> None:
+        """Open VNC if it was asked for before the start."""
         self._png_screendump = None
         if self._vnc_wanted:
             self._open_vnc()
 
-    def _teardown(self) -> None:
-        super()._teardown()
+    def teardown(self) -> None:
+        """No VNC socket without QEMU."""
         self.vnc_socket = None
-        self._mouse_position = None
+
+    def runtime(self) -> dict[str, Any]:
+        """The VNC socket, if open."""
+        return {"vnc": str(self.vnc_socket) if self.vnc_socket is not None else None}
+
+    def restore(self, runtime: Mapping[str, Any]) -> None:
+        """VNC as the process that started the machine left it."""
+        vnc = runtime.get("vnc")
+        self.vnc_socket = Path(vnc) if vnc else None
+        self._vnc_wanted = self.vnc_socket is not None
 
     # -- VNC ------------------------------------------------------------------------
     def enable_vnc(self) -> Path:
@@ -130,24 +140,27 @@ class ScreenMixin(InputMixin):
         :class:`QMPError` when QEMU refuses to open it.
         """
         self._vnc_wanted = True
-        if self.state in (State.RUNNING, State.PAUSED):
+        if self._vm.state in (State.RUNNING, State.PAUSED):
             return self._open_vnc()
-        return self.run_dir / "vnc.sock"
+        return self._vm.run_dir / "vnc.sock"
 
     def disable_vnc(self) -> None:
         """Close the VNC server (connected viewers are dropped); idempotent."""
         self._vnc_wanted = False
-        if self.vnc_socket is not None and self.state in (State.RUNNING, State.PAUSED):
-            self.qmp("display-update", {"type": "vnc", "addresses": []})
+        if self.vnc_socket is not None and self._vm.state in (State.RUNNING, State.PAUSED):
+            self._vm.qmp("display-update", {"type": "vnc", "addresses": []})
+            self.vnc_socket = None
+            self._vm.changed()
         self.vnc_socket = None
 
     def _open_vnc(self) -> Path:
-        sock = self.run_dir / "vnc.sock"
-        self.qmp("display-update", {"type": "vnc",
+        sock = self._vm.run_dir / "vnc.sock"
+        self._vm.qmp("display-update", {"type": "vnc",
                                     "addresses": [{"type": "unix", "path": str(sock)}]})
         os.chmod(sock, 0o600)
         self.vnc_socket = sock
-        self.log.info("VNC on unix socket %s", sock)
+        self._vm.changed()
+        self._vm.log.info("VNC on unix socket %s", sock)
         return sock
 
     # -- screenshots ----------------------------------------------------------------
@@ -168,7 +181,7 @@ class ScreenMixin(InputMixin):
             print(shot.width, shot.height)
         """
         target = self._target(filename)
-        self._require_monitor()
+        self._vm.monitor()
         with self._dump_lock:
             if self._png_screendump is not False:
                 dumped = self._try_png_dump()
@@ -186,7 +199,7 @@ class ScreenMixin(InputMixin):
         Raises :class:`HostError` when Pillow is missing, :class:`StateError`
         unless the machine runs (or is frozen).
         """
-        self._require_monitor()
+        self._vm.monitor()
         pil()
         with self._dump_lock:
             return self._ppm_image()
@@ -196,7 +209,7 @@ class ScreenMixin(InputMixin):
 
         Measured afresh (a PPM dump's header, about 10 ms), so mode changes count.
         """
-        self._require_monitor()
+        self._vm.monitor()
         with self._dump_lock:
             path = self._dump("ppm")
             try:
@@ -206,7 +219,7 @@ class ScreenMixin(InputMixin):
                 path.unlink(missing_ok=True)
         found = _PPM_HEADER.match(head)
         if found is None:
-            raise QMPError(f"{self.name}: screendump wrote no PPM header", command="screendump")
+            raise QMPError(f"{self._vm.name}: screendump wrote no PPM header", command="screendump")
         return int(found.group(1)), int(found.group(2))
 
     def save_region(self, filename: str | Path, x: int, y: int, width: int,
@@ -227,7 +240,7 @@ class ScreenMixin(InputMixin):
             directory = paths.private_dir(self.screenshot_dir)
             self._shot_seq += 1
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            return directory / f"{self.name}-{stamp}-{self._shot_seq:03d}.png"
+            return directory / f"{self._vm.name}-{stamp}-{self._shot_seq:03d}.png"
         target = Path(filename)
         if target.is_dir():
             raise ConfigError(f"screenshot file name {str(target)!r} is a directory")
@@ -238,8 +251,8 @@ class ScreenMixin(InputMixin):
         return target
 
     def _dump(self, fmt: str) -> Path:
-        path = self.run_dir / f"screendump.{fmt}"
-        self.qmp("screendump", {"filename": str(path), "format": fmt})
+        path = self._vm.run_dir / f"screendump.{fmt}"
+        self._vm.qmp("screendump", {"filename": str(path), "format": fmt})
         return path
 
     def _try_png_dump(self) -> Path | None:
@@ -249,7 +262,7 @@ class ScreenMixin(InputMixin):
             text = f"{exc.description} {exc}".lower()
             if "png" not in text and "format" not in text:
                 raise
-            self.log.info("QEMU cannot write PNG screendumps (%s); converting PPM with "
+            self._vm.log.info("QEMU cannot write PNG screendumps (%s); converting PPM with "
                           "Pillow", exc.description)
             self._png_screendump = False
             return None
@@ -377,7 +390,7 @@ class ScreenMixin(InputMixin):
                 return found
             if time.monotonic() + interval > deadline:
                 desc = what() if callable(what) else what
-                raise ScreenTimeout(f"{self.name}: {desc} did not come on screen within "
+                raise ScreenTimeout(f"{self._vm.name}: {desc} did not come on screen within "
                                     f"{timeout} s", screenshot=self._save_failure(last()))
             time.sleep(interval)
 
@@ -388,10 +401,10 @@ class ScreenMixin(InputMixin):
             directory = paths.private_dir(self.screenshot_dir)
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             self._shot_seq += 1
-            path = directory / f"{self.name}-timeout-{stamp}-{self._shot_seq:03d}.png"
+            path = directory / f"{self._vm.name}-timeout-{stamp}-{self._shot_seq:03d}.png"
             image.save(path, format="PNG")
         except OSError as exc:
-            self.log.warning("could not save the screenshot of a failed wait: %s", exc)
+            self._vm.log.warning("could not save the screenshot of a failed wait: %s", exc)
             return None
         return str(path)
 

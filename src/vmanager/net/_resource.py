@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
 from vmanager.errors import ConfigError, NetworkError, StateError
 from vmanager.net._batch import batch_removal
+from vmanager.undo import UndoStack as UndoStack
 
 log = logging.getLogger(__name__)
 
@@ -30,29 +30,6 @@ class Lifecycle(enum.Enum):
     NEW = "new"          #: described (``create=False``), nothing made in the kernel yet
     CREATED = "created"  #: every kernel object exists
     CLOSED = "closed"    #: torn down (or creation failed); cannot be created again
-
-
-class UndoStack:
-    """Undo steps run last-in first-out; failures are collected, not fatal."""
-
-    def __init__(self) -> None:
-        self._steps: list[tuple[str, Callable[[], object]]] = []
-
-    def push(self, what: str, step: Callable[[], object]) -> None:
-        """Remember ``step`` (described by ``what``) to run at teardown."""
-        self._steps.append((what, step))
-
-    def unwind(self) -> list[str]:
-        """Run every step in reverse; return a description of each that failed."""
-        failures: list[str] = []
-        while self._steps:
-            what, step = self._steps.pop()
-            try:
-                step()
-            except Exception as exc:
-                log.warning("cleanup step %r failed: %s", what, exc)
-                failures.append(f"{what}: {exc}")
-        return failures
 
 
 class Resource:

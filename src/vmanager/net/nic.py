@@ -53,6 +53,7 @@ from vmanager.net._netlink import (
 from vmanager.net._nsexec import read_file, tun_open
 from vmanager.net._nsthread import read_at
 from vmanager.net._resource import Resource, UndoStack
+from vmanager.qemu import cmdline
 
 if TYPE_CHECKING:
     from vmanager.net.capture import Capture
@@ -440,10 +441,7 @@ class VirtualNic(Resource):
 
     def qemu_args(self, fd: int, *, index: int) -> list[str]:
         """``-netdev``/``-device`` arguments for QEMU using descriptor ``fd``."""
-        # virtio-net tells the guest the MTU (VIRTIO_NET_F_MTU): its driver sets it
-        mtu = f",host_mtu={self.mtu}" if self.mtu and self.model.startswith("virtio-net") else ""
-        return ["-netdev", f"tap,id=net{index},fd={fd}",
-                "-device", f"{self.model},netdev=net{index},mac={self.mac},id=nic{index}{mtu}"]
+        return cmdline.nic_args([cmdline.NicSpec(index, fd, self.model, self.mac, mtu=self.mtu)])
 
 
 def _tun_attach_here(ifname: str, *, persist: bool) -> int:

@@ -15,8 +15,22 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Protocol
 
 from vmanager.errors import HostError
+
+
+class Waitable(Protocol):
+    """A process handle: :class:`subprocess.Popen` or one adopted from another process."""
+
+    def poll(self) -> int | None:
+        """The exit status, or ``None`` while it runs."""
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the end (:class:`subprocess.TimeoutExpired` after ``timeout``)."""
+
+    def send_signal(self, sig: int) -> None:
+        """Send a signal."""
 
 QEMU_BINARY = "qemu-system-x86_64"
 
@@ -72,7 +86,7 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
-def reap(proc: subprocess.Popen[bytes], *, timeout: float) -> int | None:
+def reap(proc: Waitable, *, timeout: float) -> int | None:
     """Wait up to ``timeout`` s for ``proc``; return its status or None if still alive."""
     try:
         return proc.wait(timeout)
@@ -80,7 +94,7 @@ def reap(proc: subprocess.Popen[bytes], *, timeout: float) -> int | None:
         return None
 
 
-def kill_and_reap(proc: subprocess.Popen[bytes]) -> int:
+def kill_and_reap(proc: Waitable) -> int:
     """SIGKILL ``proc`` and wait for it (always reaps)."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):

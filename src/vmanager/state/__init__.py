@@ -8,11 +8,17 @@
     run_dir()/machines/NAME/         qmp.sock, serial0.sock/.log, shell.sock, qemu.pid, qemu.log
 """
 
-from typing import Any
-
-from vmanager.state._lock import FileLock, lock_path, locked
-from vmanager.state.mixin import PersistMixin, definition_of, session_lock
+from vmanager.machine import recorder as _recording
+from vmanager.state.lock import FileLock, lock_path, locked
+from vmanager.state.persist import (
+    PersistentMachine,
+    attach,
+    build_machine,
+    detach,
+    machine_kwargs,
+)
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
+from vmanager.state.recorder import FileRecorder, definition_of, session_lock
 from vmanager.state.records import (
     MachineRecord,
     MachineStatus,
@@ -27,21 +33,34 @@ from vmanager.state.records import (
     statuses,
 )
 
-_PERSIST = ("PersistentMachine", "attach", "build_machine", "detach", "machine_kwargs")
-
-
-def __getattr__(name: str) -> Any:
-    # persist imports the Machine, which imports this package: load it on first use.
-    if name in _PERSIST:
-        from vmanager.state import persist
-        return getattr(persist, name)
-    raise AttributeError(f"module 'vmanager.state' has no attribute {name!r}")
+# Every Machine records itself here unless given another recorder.
+_recording.set_default(FileRecorder, lambda name, timeout: attach(name, timeout=timeout))
 
 
 __all__ = [
-    "AdoptedProcess", "FileLock", "Liveness", "MachineRecord", "MachineStatus",
-    "PersistMixin", "PersistentMachine", "ProcessIdentity", "RecordError", "Runtime",
-    "StaleRecordError", "attach", "build_machine", "clear_stale", "definition_of", "detach",
-    "load", "lock_path", "locked", "machine_kwargs", "require_running", "save",
-    "session_lock", "status", "statuses",
+    "AdoptedProcess",
+    "FileLock",
+    "FileRecorder",
+    "Liveness",
+    "MachineRecord",
+    "MachineStatus",
+    "PersistentMachine",
+    "ProcessIdentity",
+    "RecordError",
+    "Runtime",
+    "StaleRecordError",
+    "attach",
+    "build_machine",
+    "clear_stale",
+    "definition_of",
+    "detach",
+    "load",
+    "lock_path",
+    "locked",
+    "machine_kwargs",
+    "require_running",
+    "save",
+    "session_lock",
+    "status",
+    "statuses",
 ]

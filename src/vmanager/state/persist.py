@@ -1,11 +1,13 @@
 """Machines that outlive the process that started them.
 
-:class:`PersistMixin` writes the machine's record when QEMU is up and removes
-(or, for a persistent definition, empties) it when the machine is torn down.
-:func:`attach` builds a :class:`~vmanager.Machine` for a machine another process
-started: QMP, consoles (with history from ``serial0.log``), the backdoor shell
-and everything built on QMP work again. :func:`detach` lets a machine go on
-running after this process lets go of it.
+:class:`~vmanager.state.recorder.FileRecorder` writes the machine's record
+when QEMU is up (with every part's runtime) and removes (or, for a persistent
+definition, empties) it when the machine is torn down. :func:`attach` builds a
+:class:`~vmanager.Machine` through its public constructor for a machine
+another process started and hands it the running QEMU
+(:meth:`~vmanager.Machine.reconnect`): QMP, consoles (with history from
+``serial0.log``), the backdoor shell and every part work again.
+:func:`detach` lets a machine go on running after this process lets go of it.
 
 One process at a time talks to a machine: QEMU's sockets take one client each.
 The *session lock* (``locks/session-NAME.lock``) says who; :func:`attach`
@@ -14,7 +16,6 @@ waits for it and then names the holder if it never comes free.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -22,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from vmanager import paths
-from vmanager.errors import HostError, QemuError, VmanagerError
-from vmanager.machine import Machine, State
+from vmanager.errors import HostError, VmanagerError
+from vmanager.machine import Machine
+from vmanager.machine.recorder import RunInfo
 from vmanager.qemu import launch
-from vmanager.qemu.chardev import Shell
-from vmanager.qemu.qmp import Monitor
 from vmanager.state import records
-from vmanager.state.mixin import session_lock
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
+from vmanager.state.recorder import FileRecorder, session_lock
 from vmanager.state.records import MachineRecord, StaleRecordError
 
 _log = logging.getLogger(__name__)
@@ -78,10 +78,11 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
 PersistentMachine = Machine
 
 
-def build_machine(record: MachineRecord, *, for_attach: bool = False) -> PersistentMachine:
+def build_machine(record: MachineRecord, *, for_attach: bool = False,
+                  **extra: Any) -> PersistentMachine:
     """A (not yet started) machine object from a record's definition."""
     kwargs = machine_kwargs(record.name, record.definition, for_attach=for_attach)
-    return PersistentMachine(record.name, **kwargs)
+    return PersistentMachine(record.name, **kwargs, **extra)
 
 
 def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
@@ -113,46 +114,24 @@ def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
         except HostError as exc:
             raise StaleRecordError(f"machine {name!r}: {exc}", name=name,
                                    liveness=Liveness.EXITED, pid=runtime.pid) from exc
+        rec = FileRecorder(session=session, pid=runtime.pid)
         try:
-            machine = build_machine(record, for_attach=True)
+            machine = build_machine(record, for_attach=True, recorder=rec)
         except VmanagerError as exc:
             _log.warning("machine %s: its definition does not rebuild (%s); attaching "
                          "without disks", name, exc)
-            machine = PersistentMachine(name)
+            machine = PersistentMachine(name, recorder=rec)
         run_dir = Path(runtime.run_dir)
-        machine.run_dir = run_dir
-        machine._owns_run_dir = True  # stop()/kill() from here remove it
         try:
             history = (run_dir / "serial0.log").read_bytes()
         except OSError:
             history = b""
-        try:
-            machine.console.attach(launch.connect_unix(run_dir / "serial0.sock"),
-                                   history=history)
-            machine._shell_console.attach(launch.connect_unix(run_dir / "shell.sock"))
-        except OSError as exc:
-            raise QemuError(f"machine {name!r}: cannot connect to its consoles in "
-                            f"{run_dir}: {exc}") from exc
-        machine._shell = Shell(machine._shell_console, expect_hello=False)
-        monitor = Monitor(name, logger=machine.log)
-        monitor.connect(str(run_dir / "qmp.sock"), timeout=timeout)
-        machine._monitor = monitor
-        machine._proc = proc  # type: ignore[assignment]  # duck-types Popen; see README
-        machine.accel = runtime.accel
-        machine.argv = list(runtime.argv)
-        machine.started_at = time.monotonic() - (time.time() - runtime.started)
-        machine.state = State.RUNNING
-        if str(monitor.execute("query-status", timeout=timeout)["status"]) == "paused":
-            machine.state = State.PAUSED
-        machine._session = session
-        machine._recorded_pid = runtime.pid
-        nics = record.definition.get("nics")
-        if isinstance(nics, int) and nics and record.lab is None:
-            machine._owned_netns = name
+        run = RunInfo(name=name, pid=runtime.pid, argv=runtime.argv, run_dir=runtime.run_dir,
+                      accel=runtime.accel, definition=record.definition, parts=runtime.parts)
+        machine.reconnect(run, proc, timeout=timeout, history=history,
+                          started=time.monotonic() - (time.time() - runtime.started))
         return machine
     except BaseException:
-        if machine is not None:
-            machine._disconnect()
         if proc is not None:
             proc.close()
         session.release()
@@ -171,7 +150,7 @@ def _recover_unrecorded(name: str) -> None:
     pid = launch.owner_pid(run_dir)
     if pid is None:
         return
-    from vmanager.state._lock import locked
+    from vmanager.state.lock import locked
     from vmanager.state.records import Runtime
     with locked("machine", name, timeout=30.0):
         if records.find(name) is not None:
@@ -191,27 +170,7 @@ def detach(machine: Machine) -> None:
     Afterwards ``machine`` is inert: ``stop()`` and ``kill()`` do nothing; use
     :func:`attach` (in any process) to control the machine again.
     """
-    machine._require_state(State.RUNNING, State.PAUSED, action="detach")
-    proc = machine._disconnect()
-    if isinstance(proc, AdoptedProcess):
-        proc.close()
-    elif proc is not None:
-        with contextlib.suppress(AttributeError):
-            proc.returncode = 0  # keeps Popen.__del__ from warning; the process runs on
-    from vmanager.state import _net
-    # The machine's own NICs and namespace outlive this process with QEMU; whoever
-    # attaches and stops it removes them (attach() takes the namespace over).
-    for slot in machine._slots:
-        if slot.owned:
-            _net.forget(slot.nic)
-    if machine._namespace is not None:
-        _net.forget(machine._namespace)
-    machine._detached = True
-    machine._recorded_pid = None
-    machine.state = State.DEFINED
-    machine._release_locks()
-    machine.log.info("detached; QEMU keeps running (pid in %s)",
-                     records.record_path(machine.name))
+    machine.detach()
 
 
 def run_dir_of(name: str) -> Path:

@@ -24,7 +24,7 @@ from typing import Any
 
 from vmanager import paths, validate
 from vmanager.errors import NotFoundError, StateError, VmanagerError
-from vmanager.state._lock import locked
+from vmanager.state.lock import locked
 from vmanager.state.process import Liveness, ProcessIdentity, read_pidfile
 
 FORMAT_VERSION = 1
@@ -60,6 +60,8 @@ class Runtime:
     accel: str
     started: float  #: wall-clock time (``time.time()``) of the start
     owner_pid: int  #: the process that started it
+    #: each part's runtime (NIC ids, hot-plugged devices...) for a whole reattach
+    parts: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def identity(self) -> ProcessIdentity:
@@ -84,6 +86,7 @@ class MachineRecord:
         data["version"] = FORMAT_VERSION
         if self.runtime is not None:
             data["runtime"]["argv"] = list(self.runtime.argv)
+            data["runtime"]["parts"] = dict(self.runtime.parts)
         return data
 
     @classmethod
@@ -98,7 +101,8 @@ class MachineRecord:
                 runtime = Runtime(pid=int(rt["pid"]), starttime=int(rt["starttime"]),
                                   argv=tuple(str(a) for a in rt["argv"]),
                                   run_dir=str(rt["run_dir"]), accel=str(rt["accel"]),
-                                  started=float(rt["started"]), owner_pid=int(rt["owner_pid"]))
+                                  started=float(rt["started"]), owner_pid=int(rt["owner_pid"]),
+                                  parts=_parts(rt.get("parts")))
             return cls(name=validate.name(data["name"], what="machine name"),
                        definition=dict(data.get("definition") or {}),
                        persistent=bool(data.get("persistent", False)),
@@ -150,6 +154,14 @@ class MachineStatus:
                 self.liveness is Liveness.RUNNING else None,
                 "memory": self.record.definition.get("memory"),
                 "cpus": self.record.definition.get("cpus")}
+
+
+def _parts(value: object) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TypeError(f"runtime parts must be an object, got {type(value).__name__}")
+    return dict(value)
 
 
 def records_dir() -> Path:

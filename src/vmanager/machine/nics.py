@@ -1,9 +1,9 @@
-"""NICs of a Machine: its own network namespace and VirtualNics handed to QEMU.
+"""NICs of a Machine (``m.network``): its own network namespace and VirtualNics for QEMU.
 
 At launch every NIC becomes ``-netdev tap,id=netN,fd=FD`` plus a
-``-device MODEL,netdev=netN,mac=...,id=nicN``. On a running machine NICs can be
-hot-plugged (:meth:`NetworkMixin.add_nic`), unplugged (:meth:`~NetworkMixin.del_nic`)
-and have their link cut in QEMU (:meth:`~NetworkMixin.nic_state`).
+``-device MODEL,netdev=netN,mac=...,id=nicN`` (ids from :mod:`vmanager.qemu.cmdline`).
+On a running machine NICs can be hot-plugged (:meth:`Nics.add`), unplugged
+(:meth:`Nics.remove`) and have their link cut in QEMU (:meth:`Nics.set_link`).
 
 Ownership: a VirtualNic this machine constructed (``nics=N``, ``add_nic()``
 without an argument) is closed by the machine when it is unplugged or the
@@ -14,8 +14,8 @@ closes it (the machine creates it first if it is still new).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from vmanager.errors import (
@@ -27,14 +27,16 @@ from vmanager.errors import (
     QMPError,
     StateError,
 )
-from vmanager.machine.base import LaunchContext, MachineBase
+from vmanager.machine.part import Launch, MachineView, Part
+from vmanager.qemu import cmdline
 
 if TYPE_CHECKING:
     from vmanager.net import Namespace, VirtualNic
+    from vmanager.qemu.cmdline import MachineSpec
 
 #: The most NICs a machine takes at launch (hot-plugging is limited by free PCI slots).
 MAX_NICS = 32
-#: How long :meth:`NetworkMixin.del_nic` waits for the guest to release a device.
+#: How long :meth:`Nics.remove` waits for the guest to release a device.
 UNPLUG_TIMEOUT = 30.0
 
 
@@ -50,28 +52,25 @@ class _Slot:
 
     @property
     def netdev(self) -> str:
-        return f"net{self.index}"
+        return cmdline.netdev_id(self.index)
 
     @property
     def device(self) -> str:
-        return f"nic{self.index}"
+        return cmdline.nic_id(self.index)
 
 
-class NetworkMixin(MachineBase):
+class Nics(Part):
     """``nics=N`` makes N VirtualNics in the machine's own namespace (named after it)."""
 
-    nics: list[VirtualNic]
-    _nic_count: int
-    _given_nics: list[VirtualNic]
-    _slots: list[_Slot]
-    _removed: set[int]
-    _namespace: Namespace | None
+    key = "nics"
 
-    def _init_network(self, nics: int | Sequence[VirtualNic]) -> None:
-        self._slots = []
-        self._removed = set()
-        self._namespace = None
-        self._given_nics = []
+    def __init__(self, vm: MachineView, nics: int | Sequence[VirtualNic]) -> None:
+        self._vm = vm
+        self._slots: list[_Slot] = []
+        self._removed: set[int] = set()
+        self._namespace: Namespace | None = None
+        self._given_nics: list[VirtualNic] = []
+        self._fds: list[tuple[_Slot, int]] = []
         if isinstance(nics, bool):
             raise ConfigError(f"nics takes a count or a list of VirtualNic, got {nics!r}")
         if isinstance(nics, int):
@@ -90,24 +89,36 @@ class NetworkMixin(MachineBase):
                 raise ConfigError(f"nics must list at most {MAX_NICS} VirtualNics")
             self._nic_count = 0
             self._given_nics = given
-        self.nics = list(self._given_nics)
+        self.nics: list[VirtualNic] = list(self._given_nics)
+
+    @property
+    def count(self) -> int:
+        """How many NICs ``nics=N`` asked for (0 when VirtualNics were given)."""
+        return self._nic_count
 
     @property
     def namespace(self) -> str:
         """The name of the machine's own network namespace."""
-        return self.name
+        return self._vm.name
+
+    def device_ids(self) -> list[str]:
+        """QEMU's device id of every NIC (before launch: the ids they will get)."""
+        if self._slots:
+            return [slot.device for slot in self._slots]
+        return [cmdline.nic_id(i) for i in range(self._nic_count or len(self._given_nics))]
 
     # -- launch -------------------------------------------------------------------
-    def _prepare_launch(self, ctx: LaunchContext) -> None:
-        super()._prepare_launch(ctx)
+    def prepare(self, launch: Launch) -> None:
+        """Make the namespace and the NICs; open the tap descriptors QEMU inherits."""
+        self._fds = []
         if self._nic_count == 0 and not self._given_nics:
             return
         from vmanager.net import Lifecycle, VirtualNic, stable_mac
-        # Anything built here is undone by _teardown() if the launch fails.
+        launch.undo.push("remove the machine's NICs", self.teardown)
         if self._nic_count:
             self._ensure_namespace(adopt=False)
             for index in range(self._nic_count):
-                nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self.name, index))
+                nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self._vm.name, index))
                 self._slots.append(_Slot(nic, index, owned=True))
         else:
             for index, nic in enumerate(self._given_nics):
@@ -117,9 +128,15 @@ class NetworkMixin(MachineBase):
         self.nics = [slot.nic for slot in self._slots]
         for slot in self._slots:
             fd = slot.nic.open_fd()
-            ctx.owned_fds.append(fd)
-            ctx.pass_fds.append(fd)
-            ctx.add(*slot.nic.qemu_args(fd, index=slot.index))
+            launch.owned_fds.append(fd)
+            launch.pass_fds.append(fd)
+            self._fds.append((slot, fd))
+
+    def contribute(self, spec: MachineSpec) -> MachineSpec:
+        """A NicSpec per NIC, with the descriptor :meth:`prepare` opened."""
+        return replace(spec, nics=tuple(cmdline.NicSpec(slot.index, fd, slot.nic.model,
+                                                        slot.nic.mac, mtu=slot.nic.mtu)
+                                        for slot, fd in self._fds))
 
     def _ensure_namespace(self, *, adopt: bool = True) -> None:
         """Create the machine's namespace.
@@ -138,40 +155,88 @@ class NetworkMixin(MachineBase):
             if adopt:
                 return
             raise NetworkError(f"network namespace {self.namespace!r} already exists; machine "
-                               f"{self.name!r} makes its own namespace of that name (remove the "
-                               "old one, e.g. left by a crashed run, or rename the machine)")
+                               f"{self._vm.name!r} makes its own namespace of that name (remove "
+                               "the old one, e.g. left by a crashed run, or rename the machine)")
         self._namespace = Namespace(self.namespace)
 
-    def _teardown(self) -> None:
+    def teardown(self) -> None:
+        """Close the NICs this machine made and its namespace."""
+        from vmanager.net import batch_removal
+        self._fds = []
+        failures: list[str] = []
         try:
-            super()._teardown()
-        finally:
-            from vmanager.net import batch_removal
-            failures: list[str] = []
-            try:
-                # NICs and namespace go in one kernel pass (or in the caller's batch,
-                # e.g. a Group's teardown of many machines)
-                with batch_removal():
-                    for slot in reversed(self._slots):
-                        if slot.owned:
-                            try:
-                                slot.nic.close()
-                            except NetworkError as exc:
-                                failures.append(str(exc))
-                    self._slots = []
-                    self._removed = set()
-                    self.nics = list(self._given_nics)
-                    ns, self._namespace = self._namespace, None
-                    if ns is not None:
+            # NICs and namespace go in one kernel pass (or in the caller's batch,
+            # e.g. a Group's teardown of many machines)
+            with batch_removal():
+                for slot in reversed(self._slots):
+                    if slot.owned:
                         try:
-                            ns.close()
+                            slot.nic.close()
                         except NetworkError as exc:
                             failures.append(str(exc))
-            except NetworkError as exc:
-                failures.append(str(exc))
-            if failures:
-                raise NetworkError(f"machine {self.name!r}: removing its NICs left "
-                                   "something behind:\n" + "\n".join(failures))
+                self._slots = []
+                self._removed = set()
+                self.nics = list(self._given_nics)
+                ns, self._namespace = self._namespace, None
+                if ns is not None:
+                    try:
+                        ns.close()
+                    except NetworkError as exc:
+                        failures.append(str(exc))
+        except NetworkError as exc:
+            failures.append(str(exc))
+        if failures:
+            raise NetworkError(f"machine {self._vm.name!r}: removing its NICs left "
+                               "something behind:\n" + "\n".join(failures))
+
+    def runtime(self) -> dict[str, Any]:
+        """Every NIC QEMU has (index, kernel names, MAC, who owns it) and the namespace."""
+        return {"namespace": self._namespace is not None,
+                "slots": [{"index": s.index, "name": s.nic.name, "namespace": s.nic.namespace,
+                           "mac": s.nic.mac, "mode": s.nic.mode, "model": s.nic.model,
+                           "owned": s.owned}
+                          for s in self._slots]}
+
+    def restore(self, runtime: Mapping[str, Any]) -> None:
+        """Take over the NICs of a machine another process started.
+
+        NICs and the namespace the machine made are adopted (closed when it
+        stops or unplugs them); NICs its starter passed in stay theirs.
+        """
+        from vmanager.net import VirtualNic
+        from vmanager.net import adopt as net_adopt
+        slots: list[_Slot] = []
+        try:
+            if runtime.get("namespace") and net_adopt.namespace_exists(self.namespace):
+                self._namespace = net_adopt.adopt_namespace(self.namespace)
+            for item in runtime.get("slots") or ():
+                nic = VirtualNic(item["name"], namespace=item.get("namespace"),
+                                 mac=item["mac"], mode=item.get("mode", "macvtap"),
+                                 model=item.get("model", "virtio-net-pci"), create=False)
+                owned = bool(item.get("owned"))
+                if owned or net_adopt.link_exists(nic.port):
+                    net_adopt.adopt_nic(nic)
+                slots.append(_Slot(nic, int(item["index"]), owned=owned))
+        except BaseException:
+            for slot in slots:
+                net_adopt.release(slot.nic)
+            if self._namespace is not None:
+                net_adopt.release(self._namespace)
+                self._namespace = None
+            raise
+        self._slots = slots
+        self.nics = [slot.nic for slot in slots]
+
+    def release(self) -> None:
+        """QEMU runs on with the NICs: this process lets them go without removing them."""
+        from vmanager.net import adopt as net_adopt
+        for slot in self._slots:
+            net_adopt.release(slot.nic)
+        if self._namespace is not None:
+            net_adopt.release(self._namespace)
+        self._namespace = None
+        self._slots = []
+        self._fds = []
 
     # -- looking NICs up ----------------------------------------------------------
     def _slot(self, nic: VirtualNic | int | str) -> _Slot:
@@ -184,7 +249,7 @@ class NetworkMixin(MachineBase):
             raise ConfigError(f"expected a VirtualNic, an index or an id, got {nic!r}")
         if isinstance(nic, int):
             if not -len(self._slots) <= nic < len(self._slots):
-                raise NotFoundError(f"machine {self.name!r} has no NIC at index {nic} "
+                raise NotFoundError(f"machine {self._vm.name!r} has no NIC at index {nic} "
                                     f"(it has {len(self._slots)})")
             return self._slots[nic]
         if isinstance(nic, VirtualNic):
@@ -192,15 +257,15 @@ class NetworkMixin(MachineBase):
                 if slot.nic is nic:
                     return slot
             if id(nic) in self._removed:
-                raise StateError(f"{nic!r} was already removed from machine {self.name!r}",
+                raise StateError(f"{nic!r} was already removed from machine {self._vm.name!r}",
                                  state="removed", required="attached")
-            raise NotFoundError(f"{nic!r} is not a NIC of machine {self.name!r}")
+            raise NotFoundError(f"{nic!r} is not a NIC of machine {self._vm.name!r}")
         if isinstance(nic, str):
             for slot in self._slots:
                 if nic in (slot.device, slot.nic.name):
                     return slot
             known = ", ".join(f"{s.device} ({s.nic.name})" for s in self._slots) or "none"
-            raise NotFoundError(f"machine {self.name!r} has no NIC {nic!r}; it has: {known}")
+            raise NotFoundError(f"machine {self._vm.name!r} has no NIC {nic!r}; it has: {known}")
         raise ConfigError(f"expected a VirtualNic, an index or an id, got {nic!r}")
 
     def nic_id(self, nic: VirtualNic | int | str) -> str:
@@ -212,7 +277,7 @@ class NetworkMixin(MachineBase):
         return self._slot(nic).device
 
     # -- live changes -------------------------------------------------------------
-    def add_nic(self, nic: VirtualNic | None = None, *,
+    def add(self, nic: VirtualNic | None = None, *,
                 model: str = "virtio-net-pci", timeout: float = 30.0) -> VirtualNic:
         """Hot-plug a NIC into the running machine; the guest sees a new interface.
 
@@ -234,29 +299,30 @@ class NetworkMixin(MachineBase):
             QMPError: QEMU refused (e.g. no free PCI slot); nothing is left behind.
         """
         from vmanager.net import Lifecycle, VirtualNic, stable_mac
-        monitor = self._require_monitor()
+        monitor = self._vm.monitor()
         if nic is not None and not isinstance(nic, VirtualNic):
             raise ConfigError(f"add_nic takes a VirtualNic or nothing, got {nic!r}")
         if nic is not None and any(s.nic is nic for s in self._slots):
-            raise ConfigError(f"{nic!r} is already a NIC of machine {self.name!r}")
-        used = {s.index for s in self._slots}
+            raise ConfigError(f"{nic!r} is already a NIC of machine {self._vm.name!r}")
+        # QEMU's own list too: ids of NICs plugged by another process must not be reused.
+        used = {s.index for s in self._slots} | self._qemu_nic_indices()
         macs = {s.nic.mac for s in self._slots}
         index = next(i for i in range(len(used) + 1) if i not in used)
         created_ns = False
         if nic is None:
-            while stable_mac(self.name, index) in macs or index in used:
+            while stable_mac(self._vm.name, index) in macs or index in used:
                 index += 1
             created_ns = self._namespace is None
             self._ensure_namespace()
             created_ns = created_ns and self._namespace is not None
             # described only: it is made below, where a failure is rolled back
-            nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self.name, index),
+            nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self._vm.name, index),
                              model=model, create=False)
             owned = True
         else:
             if nic.mac in macs:
                 raise ConfigError(f"MAC {nic.mac} of {nic!r} is already used by a NIC of "
-                                  f"machine {self.name!r}")
+                                  f"machine {self._vm.name!r}")
             if nic.state is Lifecycle.CLOSED:
                 raise StateError(f"cannot hot-plug {nic!r}: it is closed",
                                  state=nic.state, required=Lifecycle.CREATED)
@@ -273,10 +339,10 @@ class NetworkMixin(MachineBase):
             finally:
                 os.close(fd)  # QEMU holds its own copy now
             stage = "fd sent"
-            self.qmp("netdev_add", {"type": "tap", "id": slot.netdev, "fd": fdname},
+            self._vm.qmp("netdev_add", {"type": "tap", "id": slot.netdev, "fd": fdname},
                      timeout=timeout)
             stage = "netdev added"  # netdev_add consumed the named fd
-            self.qmp("device_add", {"driver": nic.model, "id": slot.device,
+            self._vm.qmp("device_add", {"driver": nic.model, "id": slot.device,
                                     "netdev": slot.netdev, "mac": nic.mac}, timeout=timeout)
         except BaseException:
             if stage == "netdev added":
@@ -291,10 +357,11 @@ class NetworkMixin(MachineBase):
         self._slots.append(slot)
         self._removed.discard(id(nic))
         self.nics.append(nic)
-        self.log.info("hot-plugged %s (%s, %s)", slot.device, nic.name, nic.mac)
+        self._vm.changed()
+        self._vm.log.info("hot-plugged %s (%s, %s)", slot.device, nic.name, nic.mac)
         return nic
 
-    def del_nic(self, nic: VirtualNic | int | str, *,
+    def remove(self, nic: VirtualNic | int | str, *,
                 timeout: float = UNPLUG_TIMEOUT) -> None:
         """Unplug a NIC from the running machine and wait until the guest released it.
 
@@ -310,18 +377,18 @@ class NetworkMixin(MachineBase):
                 seconds (the NIC stays listed; calling again waits again).
             QMPError: QEMU refused.
         """
-        monitor = self._require_monitor()
+        monitor = self._vm.monitor()
         slot = self._slot(nic)
         mark = monitor.event_mark()
         # absent already when a previous call timed out just before the guest let go
         if self._device_present(slot.device):
             try:
-                self.qmp("device_del", {"id": slot.device}, timeout=timeout)
+                self._vm.qmp("device_del", {"id": slot.device}, timeout=timeout)
             except QMPError as exc:
                 # QEMU 7 refuses a second device_del while the first is pending
                 if not slot.unplugging:
                     raise
-                self.log.debug("device_del %s again: %s", slot.device, exc)
+                self._vm.log.debug("device_del %s again: %s", slot.device, exc)
             slot.unplugging = True
             try:
                 monitor.wait_event(
@@ -330,18 +397,19 @@ class NetworkMixin(MachineBase):
             except QemuError as exc:
                 if self._device_present(slot.device):
                     raise GuestError(
-                        f"machine {self.name!r}: the guest did not release {slot.device} "
+                        f"machine {self._vm.name!r}: the guest did not release {slot.device} "
                         f"({slot.nic.name}) within {timeout} s; does it handle ACPI PCI "
                         "hot-unplug? Call del_nic() again to keep waiting") from exc
-        self.qmp("netdev_del", {"id": slot.netdev}, timeout=timeout)
+        self._vm.qmp("netdev_del", {"id": slot.netdev}, timeout=timeout)
         self._slots.remove(slot)
         self.nics = [n for n in self.nics if n is not slot.nic]
         self._removed.add(id(slot.nic))
-        self.log.info("unplugged %s (%s)", slot.device, slot.nic.name)
+        self._vm.changed()
+        self._vm.log.info("unplugged %s (%s)", slot.device, slot.nic.name)
         if slot.owned:
             slot.nic.close()
 
-    def nic_state(self, nic: VirtualNic | int | str, up: bool) -> None:
+    def set_link(self, nic: VirtualNic | int | str, up: bool) -> None:
         """Turn the NIC's link on or off inside QEMU (``set_link``).
 
         The guest sees carrier come and go; host links are not touched (use
@@ -352,17 +420,25 @@ class NetworkMixin(MachineBase):
             NotFoundError: no such NIC on this machine.
             QMPError: QEMU refused.
         """
-        self._require_monitor()
+        self._vm.monitor()
         if not isinstance(up, bool):
             raise ConfigError(f"nic_state takes up=True or False, got {up!r}")
         slot = self._slot(nic)
-        self.qmp("set_link", {"name": slot.device, "up": up})
-        self.log.info("link of %s %s", slot.device, "up" if up else "down")
+        self._vm.qmp("set_link", {"name": slot.device, "up": up})
+        self._vm.log.info("link of %s %s", slot.device, "up" if up else "down")
 
     # -- helpers ------------------------------------------------------------------
+    def _qemu_nic_indices(self) -> set[int]:
+        found = set()
+        for prop in self._vm.qmp("qom-list", {"path": "/machine/peripheral"}):
+            index = cmdline.nic_index(str(prop.get("name", "")))
+            if index is not None:
+                found.add(index)
+        return found
+
     def _device_present(self, device: str) -> bool:
         try:
-            self.qmp("qom-get", {"path": f"/machine/peripheral/{device}", "property": "type"})
+            self._vm.qmp("qom-get", {"path": f"/machine/peripheral/{device}", "property": "type"})
         except QMPError:
             return False
         return True
@@ -370,15 +446,15 @@ class NetworkMixin(MachineBase):
     def _quietly(self, command: str, args: dict[str, Any]) -> None:
         """A rollback QMP call whose failure must not hide the original error."""
         try:
-            self.qmp(command, args, timeout=10)
+            self._vm.qmp(command, args, timeout=10)
         except QemuError as exc:
-            self.log.warning("rollback %s %s failed: %s", command, args, exc)
+            self._vm.log.warning("rollback %s %s failed: %s", command, args, exc)
 
     def _quietly_close(self, nic: VirtualNic) -> None:
         try:
             nic.close()
         except NetworkError as exc:
-            self.log.warning("rollback: closing %r failed: %s", nic, exc)
+            self._vm.log.warning("rollback: closing %r failed: %s", nic, exc)
 
     def _drop_namespace(self) -> None:
         ns, self._namespace = self._namespace, None

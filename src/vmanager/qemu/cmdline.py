@@ -1,0 +1,213 @@
+"""A machine's definition -> QEMU's argv, with no side effects; every QEMU id is spelled here.
+
+:func:`build` is a pure function of a frozen :class:`MachineSpec`: it opens no
+file, makes no socket and runs nothing, so the argv of every device
+combination is unit-tested (``tests/unit/test_cmdline.py``). What needs the
+host (listening sockets, tap descriptors, an image's backing chain) is made
+before, in the Machine's prepare step, and arrives here as numbers and paths.
+
+Ids a running machine is later addressed by over QMP (``nic{i}``, ``net{i}``,
+``disk{i}``, ``cd{i}``, ``dimm-hp{n}``...) come from the functions below, so
+the argv and the QMP calls can never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from vmanager.qemu import blockdev
+from vmanager.qemu.blockdev import Layer
+
+# -- ids ---------------------------------------------------------------------------------------
+QMP_ID = "qmp"
+SERIAL_ID = "serial0"
+SHELL_ID = "shell"
+SHELL_DEVICE = "shell0"
+SHELL_PORT_NAME = "vmanager.shell"
+VSERIAL_ID = "vser0"
+#: The virtio-serial bus run-time ports are added to.
+VSERIAL_BUS = f"{VSERIAL_ID}.0"
+BALLOON_ID = "balloon0"
+TABLET_ID = "vm-tablet"
+XHCI_ID = "vm-xhci"
+#: The whole-machine snapshot state disk's node (never a guest device).
+STATE_NODE = "vmstate"
+disk_id = blockdev.disk_id
+cd_id = blockdev.cd_id
+
+TABLETS = ("virtio", "usb")
+VGA_MODELS = ("std", "virtio", "cirrus", "qxl", "none")
+
+
+def netdev_id(index: int) -> str:
+    """The ``-netdev`` id of NIC ``index``."""
+    return f"net{index}"
+
+
+def nic_id(index: int) -> str:
+    """The ``-device`` id of NIC ``index`` (QMP ``set_link``/``device_del`` take it)."""
+    return f"nic{index}"
+
+
+def nic_index(device_id: str) -> int | None:
+    """``index`` of an id :func:`nic_id` made, else ``None``."""
+    rest = device_id.removeprefix("nic")
+    return int(rest) if rest != device_id and rest.isdigit() else None
+
+
+def dimm_ids(n: int) -> tuple[str, str]:
+    """(memory backend id, ``pc-dimm`` device id) of the ``n``-th hot-plugged DIMM."""
+    return f"mem-hp{n}", f"dimm-hp{n}"
+
+
+def dimm_number(device_id: str) -> int | None:
+    """``n`` of a device id :func:`dimm_ids` made, else ``None``."""
+    rest = device_id.removeprefix("dimm-hp")
+    return int(rest) if rest != device_id and rest.isdigit() else None
+
+
+def cd_medium_node(n: int) -> str:
+    """Node name of the ``n``-th medium put into CD drive 0 at run time."""
+    return f"{cd_id(0)}-m{n}"
+
+
+# -- the definition --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DiskSpec:
+    """A disk as QEMU opens it: its image chain (top first), interface, boot position."""
+
+    layers: tuple[Layer, ...]
+    interface: str = "virtio"
+    readonly: bool = False
+    bootindex: int | None = None
+
+
+@dataclass(frozen=True)
+class CdSpec:
+    """The CD drive and the ISO in it."""
+
+    path: str
+    interface: str = "ide"
+    bootindex: int | None = None
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """A NIC: QEMU's tap descriptor number, device model and MAC."""
+
+    index: int
+    fd: int
+    model: str
+    mac: str
+    #: for virtio-net, the MTU the guest's driver sets (``host_mtu``); ``None``: 1500
+    mtu: int | None = None
+
+
+@dataclass(frozen=True)
+class Sockets:
+    """Descriptors of the listening sockets QEMU inherits, and its files."""
+
+    qmp_fd: int
+    serial_fd: int
+    shell_fd: int
+    serial_log: str
+    pidfile: str
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    """Everything :func:`build` needs; parts of the Machine fill in their fields."""
+
+    qemu: str
+    name: str
+    accel: str
+    sockets: Sockets
+    memory: int = 256
+    cpus: int = 1
+    cpu_model: str | None = None
+    machine_type: str = "pc"
+    kernel: str | None = None
+    initrd: str | None = None
+    append: str | None = None
+    monitor_port: int | None = None
+    vga: str = "std"
+    tablet: str | None = "virtio"
+    disks: tuple[DiskSpec, ...] = ()
+    cd: CdSpec | None = None
+    memory_slots: int = 8
+    max_memory: int | None = None
+    balloon: bool = True
+    incoming: bool = False
+    nics: tuple[NicSpec, ...] = ()
+    extra_args: tuple[str, ...] = field(default=())
+
+
+def build(spec: MachineSpec) -> list[str]:
+    """QEMU's argv for ``spec`` (pure: the same spec always gives the same list)."""
+    s = spec.sockets
+    argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on",
+            "-machine", f"{spec.machine_type},accel={spec.accel}",
+            "-cpu", spec.cpu_model or ("host" if spec.accel == "kvm" else "max"),
+            "-smp", str(spec.cpus), "-m", str(spec.memory),
+            "-nodefaults", "-no-user-config", "-pidfile", s.pidfile,
+            "-chardev", f"socket,id={QMP_ID},fd={s.qmp_fd},server=on,wait=off",
+            "-mon", f"chardev={QMP_ID},mode=control",
+            "-chardev", f"socket,id={SERIAL_ID},fd={s.serial_fd},server=on,wait=on,"
+                        f"logfile={s.serial_log},logappend=on",
+            "-serial", f"chardev:{SERIAL_ID}",
+            "-device", f"virtio-serial-pci,id={VSERIAL_ID}",
+            "-chardev", f"socket,id={SHELL_ID},fd={s.shell_fd},server=on,wait=on",
+            "-device", f"virtconsole,chardev={SHELL_ID},name={SHELL_PORT_NAME},"
+                       f"id={SHELL_DEVICE}"]
+    if spec.monitor_port is not None:
+        argv += ["-chardev", f"socket,id=hmp,host=127.0.0.1,port={spec.monitor_port},"
+                             "server=on,wait=off", "-mon", "chardev=hmp,mode=readline"]
+    if spec.kernel is not None:
+        argv += ["-kernel", spec.kernel]
+        if spec.initrd is not None:
+            argv += ["-initrd", spec.initrd]
+        if spec.append:
+            argv += ["-append", spec.append]
+    argv += display_args(vga=spec.vga, tablet=spec.tablet)
+    for index, disk in enumerate(spec.disks):
+        argv += blockdev.disk_args(disk.layers, node=disk_id(index), dev_id=disk_id(index),
+                                   interface=disk.interface,
+                                   readonly=disk.readonly, bootindex=disk.bootindex)
+    if spec.cd is not None:
+        argv += blockdev.cd_args(spec.cd.path, node=cd_id(0), dev_id=cd_id(0),
+                                 interface=spec.cd.interface,
+                                 bootindex=spec.cd.bootindex)
+    # Options of one -m merge, so this adds hot-plug room to "-m size".
+    max_memory = spec.max_memory if spec.max_memory is not None else spec.memory
+    argv += ["-m", f"slots={spec.memory_slots},maxmem={max_memory}M"]
+    if spec.balloon:
+        argv += ["-device", f"virtio-balloon-pci,id={BALLOON_ID},free-page-reporting=on"]
+    if spec.incoming:
+        argv += ["-incoming", "defer"]
+    argv += nic_args(spec.nics)
+    return argv + list(spec.extra_args)
+
+
+def display_args(*, vga: str, tablet: str | None) -> list[str]:
+    """A headless display adapter, a VNC display without a listener, and the tablet."""
+    argv = ["-display", "none", "-vga", vga, "-vnc", "none"]
+    if tablet == "virtio":
+        argv += ["-device", f"virtio-tablet-pci,id={TABLET_ID}"]
+    elif tablet == "usb":
+        argv += ["-device", f"qemu-xhci,id={XHCI_ID}",
+                 "-device", f"usb-tablet,id={TABLET_ID},bus={XHCI_ID}.0"]
+    return argv
+
+
+def nic_args(nics: Sequence[NicSpec]) -> list[str]:
+    """``-netdev tap,fd=`` and ``-device`` per NIC."""
+    argv: list[str] = []
+    for nic in nics:
+        netdev = netdev_id(nic.index)
+        # virtio-net tells the guest the MTU (VIRTIO_NET_F_MTU): its driver sets it
+        mtu = f",host_mtu={nic.mtu}" if nic.mtu and nic.model.startswith("virtio-net") else ""
+        argv += ["-netdev", f"tap,id={netdev},fd={nic.fd}",
+                 "-device", f"{nic.model},netdev={netdev},mac={nic.mac},"
+                            f"id={nic_id(nic.index)}{mtu}"]
+    return argv
