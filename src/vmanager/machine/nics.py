@@ -146,12 +146,11 @@ class Nics(Part):
         machine (``adopt=True``, e.g. re-attached) uses an existing one without
         taking ownership.
         """
-        from vmanager.errors import NetworkError
         from vmanager.net import Namespace
-        from vmanager.net._netlink import netns_exists
+        from vmanager.net.adopt import namespace_exists
         if self._namespace is not None:
             return
-        if netns_exists(self.namespace):
+        if namespace_exists(self.namespace):
             if adopt:
                 return
             raise NetworkError(f"network namespace {self.namespace!r} already exists; machine "
