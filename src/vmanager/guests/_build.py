@@ -11,12 +11,12 @@ import os
 import re
 import stat
 import struct
-import subprocess
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from vmanager.errors import GuestBuildError
+from vmanager import hostcmd
+from vmanager.errors import CommandError, GuestBuildError, HostError
 
 _XZ_MAGIC = b"\xfd7zXZ\x00"
 _XEN_ELFNOTE_PHYS32_ENTRY = 18
@@ -24,17 +24,11 @@ _XEN_ELFNOTE_PHYS32_ENTRY = 18
 
 def _run(argv: list[str], cwd: Path) -> str:
     try:
-        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, check=False, timeout=600)
-    except FileNotFoundError as exc:
-        raise GuestBuildError(f"{argv[0]} is not installed; the tiny guest is built from "
-                              "Debian packages and needs apt-get and dpkg-deb") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise GuestBuildError(f"{' '.join(argv)} took longer than 600 s") from exc
-    if proc.returncode != 0:
-        raise GuestBuildError(f"{' '.join(argv)} failed with status {proc.returncode}:\n"
-                              f"{proc.stderr.strip()[-2000:]}")
-    return proc.stdout
+        return hostcmd.run(argv, cwd=cwd, timeout=600, what=" ".join(argv)).stdout
+    except HostError as exc:
+        why = ("; the tiny guest is built from Debian packages and needs apt-get and dpkg-deb"
+               if not isinstance(exc, CommandError) else "")
+        raise GuestBuildError(f"{exc}{why}") from exc
 
 
 def download(package: str, into: Path) -> Path:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from vmanager.errors import NotFoundError, QemuError, QMPError, StateError
 from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
+from vmanager.qemu.qmp import map_qmp_errors
 
 if TYPE_CHECKING:
     from vmanager.machine.cdrom import CdDrive
@@ -106,12 +107,12 @@ class BootOrder(Part):
         self._first = chosen
         order = self.order()
         if vm.state in (State.RUNNING, State.PAUSED):
-            try:
-                self._apply(order)
-            except QMPError as exc:
-                self._first = old
-                raise StateError(f"{vm.name}: changing the boot order failed: "
-                                 f"{exc.description}") from exc
+            with map_qmp_errors(f"{vm.name}: changing the boot order failed", StateError):
+                try:
+                    self._apply(order)
+                except QMPError:
+                    self._first = old
+                    raise
             vm.changed()
         vm.log.info("boot order: %s", ", ".join(order))
         return order

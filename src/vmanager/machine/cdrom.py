@@ -16,6 +16,7 @@ from vmanager.errors import ConfigError, NotFoundError, QMPError, StateError, St
 from vmanager.machine.base import State
 from vmanager.machine.part import Launch, MachineView, Part
 from vmanager.qemu import cmdline
+from vmanager.qemu.qmp import map_qmp_errors
 
 if TYPE_CHECKING:
     from vmanager.qemu.cmdline import MachineSpec
@@ -137,12 +138,9 @@ class CdDrive(Part):
         if cd is not self.cd or not self._nodes:
             raise StateError(f"{cd!r} is not in the drive of machine {vm.name!r}",
                              state="not in the drive", required="in the drive")
-        try:
+        with map_qmp_errors(f"{vm.name}: ejecting the CD failed", StorageError):
             vm.qmp("blockdev-open-tray", {"id": CD_DRIVE, "force": True})
             vm.qmp("blockdev-remove-medium", {"id": CD_DRIVE})
-        except QMPError as exc:
-            raise StorageError(f"{vm.name}: ejecting the CD failed: {exc.description}") \
-                from exc
         self._drop_medium_nodes()
         cd.detach(self)
         self.cd = None
@@ -169,7 +167,7 @@ class CdDrive(Part):
         if not cd.path.is_file():
             raise NotFoundError(f"ISO image {cd.path} does not exist")
         node = cmdline.cd_medium_node(next(self._media))
-        try:
+        with map_qmp_errors(f"{vm.name}: changing the CD failed", StorageError):
             vm.qmp("blockdev-open-tray", {"id": CD_DRIVE, "force": True})
             if self._nodes:
                 vm.qmp("blockdev-remove-medium", {"id": CD_DRIVE})
@@ -177,26 +175,20 @@ class CdDrive(Part):
             vm.qmp("blockdev-add", {"driver": "raw", "node-name": node, "read-only": True,
                                     "file": {"driver": "file", "filename": str(cd.path),
                                              "read-only": True}})
-        except QMPError as exc:
-            raise StorageError(f"{vm.name}: changing the CD failed: {exc.description}") \
-                from exc
-        try:
-            vm.qmp("blockdev-insert-medium", {"id": CD_DRIVE, "node-name": node})
-        except QMPError as exc:
-            vm.quiet("blockdev-del", {"node-name": node})
-            raise StorageError(f"{vm.name}: inserting {cd.path} failed: "
-                               f"{exc.description}") from exc
+        with map_qmp_errors(f"{vm.name}: inserting {cd.path} failed", StorageError):
+            try:
+                vm.qmp("blockdev-insert-medium", {"id": CD_DRIVE, "node-name": node})
+            except QMPError:
+                vm.quiet("blockdev-del", {"node-name": node})
+                raise
         self._nodes = [node]
         if self.cd is not None:
             self.cd.detach(self)
         self.cd = cd
         cd.attach(self)
         vm.changed()
-        try:
+        with map_qmp_errors(f"{vm.name}: closing the CD tray failed", StorageError):
             vm.qmp("blockdev-close-tray", {"id": CD_DRIVE})
-        except QMPError as exc:
-            raise StorageError(f"{vm.name}: closing the CD tray failed: "
-                               f"{exc.description}") from exc
         vm.log.info("inserted %s", cd)
 
     def _drop_medium_nodes(self) -> None:

@@ -19,6 +19,7 @@ from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
 from vmanager.machine.state import Chardev
 from vmanager.qemu.cmdline import VSERIAL_BUS
+from vmanager.qemu.qmp import map_qmp_errors
 
 KINDS = ("socket", "file", "pty")
 #: virtio-serial port names: what the guest finds under /sys/class/virtio-ports.
@@ -114,24 +115,22 @@ def _create(m: MachineView, made: dict[str, Chardev], kind: str, *, path: Path |
         if path is not None:
             raise ConfigError("QEMU picks a pty chardev's path; do not give path")
         backend = {"type": "pty", "data": {}}
-    try:
+    with map_qmp_errors(f"{m.name}: adding chardev {ident} failed", QemuError):
         result = m.qmp("chardev-add", {"id": ident, "backend": backend})
-    except QMPError as exc:
-        raise QemuError(f"{m.name}: adding chardev {ident} failed: {exc.description}") from exc
     if kind == "pty":
         made_path = Path(str(result["pty"]))
     device_id: str | None = None
     if port_name is not None:
         device_id = f"{ident}-port"
-        try:
-            m.qmp("device_add", {"driver": "virtserialport", "bus": VSERIAL_BUS,
-                                 "chardev": ident, "name": port_name, "id": device_id})
-        except QMPError as exc:
-            m.quiet("chardev-remove", {"id": ident})
-            if kind == "socket" and made_path is not None:
-                made_path.unlink(missing_ok=True)
-            raise QemuError(f"{m.name}: adding serial port {port_name} failed: "
-                            f"{exc.description}") from exc
+        with map_qmp_errors(f"{m.name}: adding serial port {port_name} failed"):
+            try:
+                m.qmp("device_add", {"driver": "virtserialport", "bus": VSERIAL_BUS,
+                                     "chardev": ident, "name": port_name, "id": device_id})
+            except QMPError:
+                m.quiet("chardev-remove", {"id": ident})
+                if kind == "socket" and made_path is not None:
+                    made_path.unlink(missing_ok=True)
+                raise
     chardev = Chardev(id=ident, kind=kind, path=made_path, port_name=port_name,
                       device_id=device_id)
     made[ident] = chardev
@@ -150,18 +149,12 @@ def _remove(m: MachineView, made: dict[str, Chardev], chardev: Chardev | str, *,
     monitor = m.monitor()
     if found.device_id is not None:
         mark = monitor.event_mark()
-        try:
+        with map_qmp_errors(f"{m.name}: removing port {found.device_id} failed", QemuError):
             m.qmp("device_del", {"id": found.device_id})
-        except QMPError as exc:
-            raise QemuError(f"{m.name}: removing port {found.device_id} failed: "
-                            f"{exc.description}") from exc
         monitor.wait_event("DEVICE_DELETED", timeout=timeout, since=mark,
                            match=lambda ev: ev.get("data", {}).get("device") == found.device_id)
-    try:
+    with map_qmp_errors(f"{m.name}: removing chardev {ident} failed", QemuError):
         m.qmp("chardev-remove", {"id": ident})
-    except QMPError as exc:
-        raise QemuError(f"{m.name}: removing chardev {ident} failed: {exc.description}") \
-            from exc
     if found.kind == "socket" and found.path is not None:
         found.path.unlink(missing_ok=True)
     del made[ident]

@@ -13,10 +13,11 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from vmanager import validate
-from vmanager.errors import ConfigError, NotFoundError, QMPError, StorageError
+from vmanager.errors import ConfigError, NotFoundError, StorageError
 from vmanager.machine.base import State
 from vmanager.machine.part import Launch, MachineView, Part
 from vmanager.qemu import cmdline
+from vmanager.qemu.qmp import map_qmp_errors
 
 if TYPE_CHECKING:
     from vmanager.qemu.cmdline import MachineSpec
@@ -167,10 +168,8 @@ class Disks(Part):
             raise StorageError(f"refusing to shrink {disk.path} from {current} to {nbytes} "
                                "bytes: data past the new end would be lost under the running "
                                "guest; pass shrink=True to do it anyway")
-        try:
+        with map_qmp_errors(f"{vm.name}: resizing {disk.path} to {nbytes} bytes failed",
+                            StorageError):
             vm.qmp("block_resize", {"node-name": node, "size": nbytes})
-        except QMPError as exc:
-            raise StorageError(f"{vm.name}: resizing {disk.path} to {nbytes} bytes failed: "
-                               f"{exc.description}") from exc
         vm.log.info("resized %s online from %d to %d bytes", disk.path, current, nbytes)
         return nbytes

@@ -21,6 +21,7 @@ from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
 from vmanager.machine.state import DumpCallback, DumpProgress, DumpResult, MemoryInfo
 from vmanager.qemu import cmdline
+from vmanager.qemu.qmp import map_qmp_errors
 
 if TYPE_CHECKING:
     from vmanager.qemu.cmdline import MachineSpec
@@ -134,18 +135,15 @@ def increase(p: Memory, mib: int) -> MemoryInfo:
     while backend in objects:
         n += 1  # a backend left behind by a plug that failed half-way
         backend, dimm = cmdline.dimm_ids(n)
-    try:
+    with map_qmp_errors(f"{vm.name}: cannot allocate {mib} MiB for hot-plug", QemuError):
         vm.qmp("object-add", {"qom-type": "memory-backend-ram", "id": backend,
                              "size": mib * _MIB})
-    except QMPError as exc:
-        raise QemuError(f"{vm.name}: cannot allocate {mib} MiB for hot-plug: "
-                        f"{exc.description}") from exc
-    try:
-        vm.qmp("device_add", {"driver": "pc-dimm", "id": dimm, "memdev": backend})
-    except QMPError as exc:
-        vm.quiet("object-del", {"id": backend})
-        raise QemuError(f"{vm.name}: plugging a {mib} MiB DIMM failed: "
-                        f"{exc.description}") from exc
+    with map_qmp_errors(f"{vm.name}: plugging a {mib} MiB DIMM failed"):
+        try:
+            vm.qmp("device_add", {"driver": "pc-dimm", "id": dimm, "memdev": backend})
+        except QMPError:
+            vm.quiet("object-del", {"id": backend})
+            raise
     vm.log.info("hot-plugged %d MiB (%s)", mib, dimm)
     return info(p)
 
@@ -160,10 +158,8 @@ def balloon(p: Memory, mib: int, *, timeout: float = 30.0) -> MemoryInfo:
     if mib > now.total:
         raise ConfigError(f"machine {vm.name!r} has {now.total} MiB; the balloon cannot give "
                           f"it {mib} MiB (use increase_ram)")
-    try:
+    with map_qmp_errors(f"{vm.name}: balloon failed", QemuError):
         vm.qmp("balloon", {"value": mib * _MIB})
-    except QMPError as exc:
-        raise QemuError(f"{vm.name}: balloon failed: {exc.description}") from exc
     deadline = time.monotonic() + timeout
     while True:
         now = info(p)
@@ -189,11 +185,9 @@ def dump(p: Memory, path: Path, *, paging: bool, progress: DumpCallback | None,
         monitor.send_fd(fd, fdname)
         handed = True
         mark = monitor.event_mark()
-        try:
+        with map_qmp_errors(f"{vm.name}: dump-guest-memory failed", QemuError):
             vm.qmp("dump-guest-memory", {"paging": paging, "protocol": f"fd:{fdname}",
                                         "detach": True, "format": "elf"})
-        except QMPError as exc:
-            raise QemuError(f"{vm.name}: dump-guest-memory failed: {exc.description}") from exc
         handed = False  # QEMU took the fd over
         deadline = started + timeout
         while True:

@@ -24,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmanager import paths, validate
-from vmanager.errors import ConfigError, NotFoundError, QMPError, StateError, StorageError
+from vmanager.errors import ConfigError, NotFoundError, StateError, StorageError
 from vmanager.machine import _jobs
 from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
 from vmanager.machine.state import STATE_DISK_NAME
 from vmanager.qemu.cmdline import STATE_NODE
+from vmanager.qemu.qmp import map_qmp_errors
 
 if TYPE_CHECKING:
     from vmanager.machine.disks import Disks
@@ -102,12 +103,9 @@ class Snapshots(Part):
                 paths.private_dir(path.parent)
                 qemu_img.create(path, fmt="qcow2", size=STATE_DISK_SIZE)
                 vm.log.info("created state disk %s for snapshots", path)
-            try:
+            with map_qmp_errors(f"{vm.name}: cannot open state disk {path}", StorageError):
                 vm.qmp("blockdev-add", {"driver": "qcow2", "node-name": STATE_NODE,
                                         "file": {"driver": "file", "filename": str(path)}})
-            except QMPError as exc:
-                raise StorageError(f"{vm.name}: cannot open state disk {path}: "
-                                   f"{exc.description}") from exc
             self._state_node = True
             vm.changed()
         return [STATE_NODE]
@@ -141,13 +139,10 @@ class Snapshots(Part):
                 raise StorageError(f"machine {vm.name!r} already has a snapshot {name!r}; "
                                    "pass overwrite=True or delete it first")
             self.delete(name)
-        try:
+        with map_qmp_errors(f"{vm.name}: snapshot {name!r} failed", StorageError):
             _jobs.run_job(vm.monitor(), "snapshot-save",
                           {"tag": name, "vmstate": nodes[0], "devices": nodes},
                           prefix="save", timeout=timeout)
-        except QMPError as exc:
-            raise StorageError(f"{vm.name}: snapshot {name!r} failed: "
-                               f"{exc.description}") from exc
         made = next((s for s in self.entries() if s.name == name), None)
         if made is None:
             raise StorageError(f"{vm.name}: snapshot-save reported success but there is no "
@@ -167,13 +162,10 @@ class Snapshots(Part):
         vm.monitor()
         self._require(name)
         nodes = self._nodes(create=False)
-        try:
+        with map_qmp_errors(f"{vm.name}: loading snapshot {name!r} failed", StorageError):
             _jobs.run_job(vm.monitor(), "snapshot-load",
                           {"tag": name, "vmstate": nodes[0], "devices": nodes},
                           prefix="load", timeout=timeout)
-        except QMPError as exc:
-            raise StorageError(f"{vm.name}: loading snapshot {name!r} failed: "
-                               f"{exc.description}") from exc
         vm.log.info("snapshot %s loaded", name)
 
     def delete(self, name: str, *, timeout: float = SNAPSHOT_TIMEOUT) -> None:
@@ -186,12 +178,9 @@ class Snapshots(Part):
         vm.monitor()
         self._require(name)
         nodes = self._nodes(create=False)
-        try:
+        with map_qmp_errors(f"{vm.name}: deleting snapshot {name!r} failed", StorageError):
             _jobs.run_job(vm.monitor(), "snapshot-delete",
                           {"tag": name, "devices": nodes}, prefix="delete", timeout=timeout)
-        except QMPError as exc:
-            raise StorageError(f"{vm.name}: deleting snapshot {name!r} failed: "
-                               f"{exc.description}") from exc
         vm.log.info("snapshot %s deleted", name)
 
     def _require(self, name: str) -> None:

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vmanager.errors import CommandError, HostError, NotFoundError
+from vmanager import hostcmd
+from vmanager.errors import HostError, NotFoundError
 from vmanager.net._netlink import netns_exists, netns_path
 from vmanager.net._nsthread import open_tun
 
@@ -45,16 +46,8 @@ def _run_helper(netns: str, args: Sequence[str], *, timeout: float,
                 pass_fds: Sequence[int] = ()) -> bytes:
     _require(netns)
     argv = [sys.executable, "-I", "-S", HELPER, netns_path(netns), *args]
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True,
-                              timeout=timeout, pass_fds=tuple(pass_fds), check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(f"namespace helper timed out after {timeout} s", argv=argv,
-                           returncode=None) from exc
-    if proc.returncode != 0:
-        raise CommandError(f"{args[0]} in namespace {netns!r} failed", argv=argv,
-                           returncode=proc.returncode,
-                           stderr=proc.stderr.decode(errors="replace"))
+    proc = hostcmd.run(argv, text=False, timeout=timeout, pass_fds=pass_fds,
+                       what=f"{args[0]} in namespace {netns!r} (namespace helper)")
     return proc.stdout
 
 

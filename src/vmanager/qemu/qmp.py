@@ -3,25 +3,54 @@
 The client lives on vmanager's shared I/O loop; every call here blocks with a
 timeout. Errors from ``qemu.qmp`` never escape: they become :class:`QMPError`
 (the command failed) or :class:`QemuError` (the connection is gone).
+:func:`map_qmp_errors` is the one place a failed command becomes the error of
+what the caller was doing (as httpx maps its backend's exceptions).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from qemu.qmp import EventListener, ExecInterruptedError, ExecuteError, QMPClient
 from qemu.qmp import QMPError as _LibQMPError
 
 from vmanager import _aio
-from vmanager.errors import QemuError, QMPError
+from vmanager.errors import HostError, NotFoundError, QemuError, QMPError, VmanagerError
 
 Event = Mapping[str, Any]
+
+#: QMP error classes whose meaning does not depend on the call: what they become.
+QMP_ERROR_CLASSES: Mapping[str, type[VmanagerError]] = {
+    "CommandNotFound": HostError,    # this QEMU lacks the command (too old, or built without)
+    "DeviceNotFound": NotFoundError,  # the device or node id is not there (any more)
+}
+
+
+@contextlib.contextmanager
+def map_qmp_errors(doing: str, error: type[VmanagerError] = QemuError, *,
+                   table: Mapping[str, type[VmanagerError]] = QMP_ERROR_CLASSES
+                   ) -> Iterator[None]:
+    """Turn a :class:`QMPError` in the block into the error of what the caller was ``doing``.
+
+    The new error says ``"{doing}: {QEMU's description}"`` and chains the
+    QMPError (``from``); its class comes from ``table`` for a QMP error class
+    listed there, else it is ``error``::
+
+        with map_qmp_errors(f"{name}: resizing {path} failed", StorageError):
+            vm.qmp("block_resize", {...})
+    """
+    try:
+        yield
+    except QMPError as exc:
+        cls = table.get(exc.error_class, error)
+        raise cls(f"{doing}: {exc.description or exc}") from exc
 
 
 class Monitor:

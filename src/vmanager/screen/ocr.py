@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
 from typing import TYPE_CHECKING
 
-from vmanager.errors import CommandError, HostError
+from vmanager import hostcmd
+from vmanager.errors import HostError
 from vmanager.screen.image import pil
 
 if TYPE_CHECKING:
@@ -53,16 +53,6 @@ def read_text(image: Image, *, tesseract: str = "tesseract", language: str = "en
     buf = io.BytesIO()
     prepare(image).save(buf, format="PNG", compress_level=1)
     argv = [binary, "stdin", "stdout", "-l", language, "--psm", "6"]
-    try:
-        proc = subprocess.run(argv, input=buf.getvalue(), capture_output=True,
-                              timeout=timeout, check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(f"tesseract took longer than {timeout} s", argv=argv,
-                           returncode=None) from exc
-    except OSError as exc:
-        raise HostError(f"cannot run {binary}: {exc}") from exc
-    if proc.returncode != 0:
-        raise CommandError("tesseract failed", argv=argv, returncode=proc.returncode,
-                           stdout=proc.stdout.decode(errors="replace"),
-                           stderr=proc.stderr.decode(errors="replace"))
+    proc = hostcmd.run(argv, input=buf.getvalue(), text=False, timeout=timeout,
+                       what="tesseract")
     return proc.stdout.decode(errors="replace")

@@ -17,15 +17,14 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import tempfile
 import weakref
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol
 
-from vmanager import validate
-from vmanager.errors import CommandError, ConfigError, HostError, NotFoundError, StateError
+from vmanager import hostcmd, validate
+from vmanager.errors import ConfigError, HostError, NotFoundError, StateError
 from vmanager.qemu import blockdev as _blockdev
 from vmanager.storage.qemu_img import StrPath
 
@@ -279,18 +278,7 @@ def _iso_tool() -> tuple[str, ...]:
 
 def _run_tool(argv: list[str], *, timeout: float) -> None:
     log.debug("running %s", argv)
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              check=False, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        raise CommandError(f"{Path(argv[0]).name} timed out after {timeout:g}s", argv=argv,
-                           returncode=None) from exc
-    except OSError as exc:
-        raise HostError(f"could not run {argv[0]}: {exc}") from exc
-    if proc.returncode != 0:
-        raise CommandError(f"{Path(argv[0]).name} failed to build the ISO (exit status "
-                           f"{proc.returncode})", argv=argv, returncode=proc.returncode,
-                           stdout=proc.stdout, stderr=proc.stderr)
+    hostcmd.run(argv, timeout=timeout, what=f"{Path(argv[0]).name} (building an ISO)")
 
 
 def _index(index: int) -> int:

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from vmanager import hostcmd
 from vmanager.errors import CommandError, HostError, StorageError
 
 log = logging.getLogger(__name__)
@@ -196,22 +197,9 @@ def run(args: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
     """
     argv = [binary(), *args]
     log.debug("running %s", argv)
-    try:
-        proc = subprocess.run(
-            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, check=False,
-            timeout=timeout, preexec_fn=limits.preexec() if limits else None,
-            env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired as exc:
-        raise QemuImgError(f"qemu-img {args[0] if args else ''} timed out after {timeout:g}s",
-                           argv=argv, returncode=None, stdout=_text(exc.stdout),
-                           stderr=_text(exc.stderr)) from exc
-    except FileNotFoundError as exc:  # removed between which() and exec
-        raise HostError(f"{QEMU_IMG} could not be executed: {exc}") from exc
-    if proc.returncode != 0:
-        raise QemuImgError(f"qemu-img {args[0] if args else ''} failed "
-                           f"(exit status {proc.returncode})", argv=argv,
-                           returncode=proc.returncode, stdout=proc.stdout, stderr=proc.stderr)
-    return proc
+    return hostcmd.run(argv, timeout=timeout, what=f"qemu-img {args[0] if args else ''}",
+                       error=QemuImgError, env={**os.environ, "LC_ALL": "C"},
+                       preexec_fn=limits.preexec() if limits else None)
 
 
 def run_json(args: Sequence[str], *, timeout: float = DEFAULT_TIMEOUT,
@@ -273,13 +261,9 @@ def check(path: StrPath, *, fmt: str, timeout: float = DEFAULT_TIMEOUT) -> Check
     the check itself could not run.
     """
     argv = [binary(), "check", "--output=json", "-f", fmt, "--", os.fspath(path)]
-    try:
-        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                              check=False, timeout=timeout, env={**os.environ, "LC_ALL": "C"})
-    except subprocess.TimeoutExpired as exc:
-        raise QemuImgError(f"qemu-img check timed out after {timeout:g}s", argv=argv,
-                           returncode=None, stdout=_text(exc.stdout),
-                           stderr=_text(exc.stderr)) from exc
+    # 2 (corruptions) and 3 (leaks) still come with the JSON report
+    proc = hostcmd.run(argv, timeout=timeout, what="qemu-img check", error=QemuImgError,
+                       env={**os.environ, "LC_ALL": "C"}, ok=range(256))
     try:
         data = json.loads(proc.stdout) if proc.returncode in (0, 2, 3) else None
     except json.JSONDecodeError:
@@ -370,11 +354,6 @@ def _escape_opt(value: str) -> str:
     # qemu option syntax: a literal comma is written as two.
     return value.replace(",", ",,")
 
-
-def _text(data: bytes | str | None) -> str:
-    if data is None:
-        return ""
-    return data if isinstance(data, str) else data.decode(errors="replace")
 
 
 def exists(path: StrPath) -> bool:
