@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from vmanager import CD, Harddrive, Machine, Router, Switch, VirtualNic
 from vmanager.errors import VmanagerError
-from vmanager.machine import keys
+from vmanager.screen import keys
 
 FAST = settings(max_examples=60, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

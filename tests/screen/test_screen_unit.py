@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 from vmanager.errors import ConfigError, NotFoundError
-from vmanager.machine import keys
-from vmanager.screen import ABS_MAX, abs_axis, button_name, keys_for_text
+from vmanager.screen import ABS_MAX, abs_axis, button_name, keys, keys_for_text
 from vmanager.screen.image import compare_region, load_reference, png_size
 from vmanager.screen.ocr import prepare
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from vmanager import validate
 from vmanager.errors import ConfigError, VmanagerError
-from vmanager.machine import keys
+from vmanager.screen import keys
 
 
 @pytest.mark.parametrize("bad", ["", "../etc", "a/b", "-x", ".", "..", "a b", "x" * 33, "é"])

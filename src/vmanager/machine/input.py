@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from vmanager.errors import ConfigError
-from vmanager.machine import keys as keynames
 from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
-from vmanager.screen.keymap import keys_for_text
+from vmanager.screen import keys as keynames
 from vmanager.screen.pointer import abs_axis, button_name
 
 Button = int | str
@@ -69,7 +68,7 @@ class Input(Part):
             raise ConfigError(f"hold_ms {hold_ms!r} must be a whole number from 1 to 200")
         if not 0 <= interval <= 10:
             raise ConfigError(f"interval {interval!r} must be from 0 to 10 seconds")
-        presses = keys_for_text(text)
+        presses = keynames.keys_for_text(text)
         self._vm.require(State.RUNNING, action="type text")
         self._vm.log.debug("typing %d characters", len(presses))
         for keys in presses:

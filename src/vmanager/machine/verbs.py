@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmanager.errors import ConfigError, QemuError, StateError
-from vmanager.machine import keys
 from vmanager.machine.base import State
 from vmanager.machine.screen_verbs import ScreenVerbs
 from vmanager.qemu import launch
+from vmanager.screen import keys
 
 if TYPE_CHECKING:
     from vmanager.machine.boot import BootOrder

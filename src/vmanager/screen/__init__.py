@@ -7,7 +7,7 @@ only by the calls that need it.
 """
 
 from vmanager.screen.image import RegionMatch, Screenshot
-from vmanager.screen.keymap import US_KEYMAP, keys_for_text
+from vmanager.screen.keys import US_KEYMAP, keys_for_text
 from vmanager.screen.pointer import ABS_MAX, MOUSE_BUTTONS, abs_axis, button_name
 
 __all__ = ["ABS_MAX", "MOUSE_BUTTONS", "US_KEYMAP", "RegionMatch", "Screenshot", "abs_axis",
