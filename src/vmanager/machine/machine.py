@@ -15,14 +15,14 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmanager import paths, validate
-from vmanager.errors import ConfigError, NotFoundError, QemuError, StateError
-from vmanager.machine import process
+from vmanager.errors import StateError
+from vmanager.machine import definition, process, reattach
 from vmanager.machine import recorder as recording
 from vmanager.machine.base import State
 from vmanager.machine.boot import BootOrder
@@ -33,7 +33,7 @@ from vmanager.machine.input import Input
 from vmanager.machine.memory import Memory
 from vmanager.machine.migration import Migration
 from vmanager.machine.nics import Nics
-from vmanager.machine.part import Launch, Part
+from vmanager.machine.part import Launch, Part, teardown_all
 from vmanager.machine.screen import Screen
 from vmanager.machine.shell import GuestShell
 from vmanager.machine.snapshots import Snapshots
@@ -105,25 +105,11 @@ class Machine(SeedVerbs):
         recorder: Recorder | None = None,
     ) -> None:
         self.name = validate.name(name, what="machine name")
-        if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= 255:
-            raise ConfigError(f"cpus must be a whole number from 1 to 255, got {cpus!r}")
-        self.cpus = cpus
-        if accel not in _accel.ACCEL_CHOICES:
-            raise ConfigError(f"accel {accel!r} is not one of {', '.join(_accel.ACCEL_CHOICES)}")
-        self.accel_requested: str = accel
+        self.cpus = definition.check_cpus(cpus)
+        self.accel_requested: str = definition.check_accel(accel)
         self.accel: str | None = None
-        if monitor_port is not None and (isinstance(monitor_port, bool) or
-                                         not isinstance(monitor_port, int) or
-                                         not 1 <= monitor_port <= 65535):
-            raise ConfigError(f"monitor_port must be a TCP port 1-65535, got {monitor_port!r}")
-        self.monitor_port = monitor_port
-        self.kernel = _existing_file(kernel, "kernel")
-        self.initrd = _existing_file(initrd, "initrd")
-        if self.initrd is not None and self.kernel is None:
-            raise ConfigError("initrd was given without kernel")
-        if append is not None and self.kernel is None:
-            raise ConfigError("append (a kernel command line) was given without kernel")
-        self.append = append
+        self.monitor_port = definition.check_monitor_port(monitor_port)
+        self.kernel, self.initrd, self.append = definition.check_boot(kernel, initrd, append)
         self.cpu_model = cpu_model
         self.machine_type = machine_type
         self.qemu_binary = qemu_binary
@@ -177,35 +163,11 @@ class Machine(SeedVerbs):
     # -- definition ---------------------------------------------------------------------
     def definition(self) -> dict[str, Any]:
         """A JSON-able definition that rebuilds this machine (what records store)."""
-        return {
-            "memory": self.memory, "cpus": self.cpus, "accel": self.accel_requested,
-            "cpu_model": self.cpu_model, "machine_type": self.machine_type,
-            "kernel": str(self.kernel) if self.kernel else None,
-            "initrd": str(self.initrd) if self.initrd else None,
-            "append": self.append, "extra_args": list(self.extra_args),
-            "qemu_binary": self.qemu_binary,
-            "disks": [{"path": str(d.path), "format": d.format, "interface": d.interface}
-                      for d in self.harddrives],
-            "cd": str(self.cd.path) if self.cd is not None else None,
-            "nics": self.network.count,
-        }
+        return definition.to_json(self)
 
     def spec(self, launch_: Launch, *, qemu: str) -> cmdline.MachineSpec:
-        """The machine's :class:`~vmanager.qemu.cmdline.MachineSpec` for a prepared launch."""
-        run_dir = launch_.run_dir
-        qmp_fd, serial_fd, shell_fd = launch_.pass_fds[:3]
-        spec = cmdline.MachineSpec(
-            qemu=qemu, name=self.name, accel=launch_.accel,
-            sockets=cmdline.Sockets(qmp_fd=qmp_fd, serial_fd=serial_fd, shell_fd=shell_fd,
-                                    serial_log=str(run_dir / process.SERIAL_LOG),
-                                    pidfile=str(run_dir / process.PIDFILE)),
-            cpus=self.cpus, cpu_model=self.cpu_model, machine_type=self.machine_type,
-            kernel=str(self.kernel) if self.kernel else None,
-            initrd=str(self.initrd) if self.initrd else None, append=self.append,
-            monitor_port=self.monitor_port, extra_args=tuple(self.extra_args))
-        for part in self._parts():
-            spec = part.contribute(spec)
-        return spec
+        """The :class:`~vmanager.qemu.cmdline.MachineSpec` for a prepared launch (pure)."""
+        return definition.spec(self, self._parts(), launch_, qemu=qemu)
 
     # -- lifecycle ----------------------------------------------------------------------
     @property
@@ -249,19 +211,9 @@ class Machine(SeedVerbs):
         try:
             self._recorder.claim(self.name)
             self._recording = True
-            paths.private_dir(run_dir.parent)
-            other = launch.owner_pid(run_dir)
-            if other is not None:
-                raise StateError(f"machine {self.name!r} is already running as pid {other} "
-                                 "(started elsewhere; Machine.attach() reaches it)",
-                                 state=State.RUNNING, required=State.DEFINED)
-            if run_dir.exists():
-                shutil.rmtree(run_dir)
-            paths.private_dir(run_dir)
+            listeners = process.open_run_dir(self.name, run_dir)
             self._owns_run_dir = True
             self.log.info("starting with %s", self.accel)
-            listeners = [launch.listen_unix(run_dir / n) for n in
-                         (process.QMP_SOCKET, process.SERIAL_SOCKET, process.SHELL_SOCKET)]
             work.pass_fds.extend(s.fileno() for s in listeners)
             if self.monitor_port is not None:
                 self.log.warning("monitor_port %d: a human monitor listens on 127.0.0.1; "
@@ -298,12 +250,7 @@ class Machine(SeedVerbs):
 
     def run_info(self) -> RunInfo:
         """What this machine runs, for its recorder (argv, process, every part's runtime)."""
-        if self._proc is None:
-            raise StateError(f"machine {self.name!r} is not running", state=self.state)
-        return recording.RunInfo(name=self.name, pid=self._proc.pid, argv=tuple(self.argv),
-                                run_dir=str(self.run_dir), accel=str(self.accel or ""),
-                                definition=self.definition(),
-                                parts={p.key: p.runtime() for p in self._parts()})
+        return definition.run_info(self, self._proc, self._parts())
 
     def _changed(self) -> None:
         if self._recording and self._proc is not None and self.state in (State.RUNNING,
@@ -384,13 +331,7 @@ class Machine(SeedVerbs):
         if self._detached:
             return  # the run directory belongs to the running QEMU, not to us
         self._disconnect()
-        failures: list[BaseException] = []
-        for part in reversed(self._parts()):
-            try:
-                part.teardown()
-            except Exception as exc:  # every part gets its turn; the first error is raised
-                self.log.warning("tearing down %s: %s", part.key, exc)
-                failures.append(exc)
+        failures = teardown_all(reversed(self._parts()), self.log)
         try:
             if self._recording:
                 self._recording = False
@@ -424,63 +365,19 @@ class Machine(SeedVerbs):
 
     def reconnect(self, run: RunInfo, proc: process.Process, *, timeout: float = 10.0,
                   history: bytes = b"", started: float | None = None) -> None:
-        """Take over the running QEMU ``run`` describes (used by :meth:`attach`).
+        """Take over the running QEMU ``run`` describes (what :meth:`attach` uses).
 
         ``proc`` is the verified process; every part restores its runtime from
         ``run.parts``. On failure nothing of the running machine is touched.
         """
-        if self.state is not State.DEFINED or self._proc is not None:
-            raise StateError(f"machine {self.name!r} is {self.state.value}; only a defined "
-                             "machine object can reconnect", state=self.state,
-                             required=State.DEFINED)
-        self.run_dir = Path(run.run_dir)
-        self.argv = list(run.argv)
-        self.accel = run.accel
-        self._proc = proc
-        try:
-            self._monitor = process.connect(
-                self.name, proc, self.argv, run_dir=self.run_dir, console=self.console,
-                shell_console=self.shell.console, timeout=timeout, log=self.log,
-                history=history)
-            self.shell.launched(greeted=True)
-            self.state = State.RUNNING
-            if str(self.qmp("query-status", timeout=timeout)["status"]) == "paused":
-                self.state = State.PAUSED
-            for part in self._parts():
-                part.restore(_mapping(run.parts.get(part.key)))
-        except BaseException:
-            for part in self._parts():
-                part.release()
-            self._disconnect()
-            self.state = State.DEFINED
-            raise
-        self.shell.started_at = started
-        self._owns_run_dir = True  # stop()/kill() from here remove it
-        self._recording = True
+        reattach.reconnect(self, run, proc, timeout=timeout, history=history, started=started)
 
     def detach(self) -> None:
         """Let go of the machine and leave it running; :meth:`attach` reaches it again.
 
         Afterwards this object is inert: ``stop()`` and ``kill()`` do nothing.
         """
-        self._require_state(State.RUNNING, State.PAUSED, action="detach")
-        if self._recording:
-            self._recorder.changed(self.run_info())
-        proc = self._disconnect()
-        close = getattr(proc, "close", None)
-        if callable(close):
-            close()
-        elif proc is not None:
-            proc.returncode = 0  # keeps Popen.__del__ from warning; the process runs on
-        # The machine's NICs and namespace outlive this process with QEMU; whoever
-        # attaches and stops it removes them.
-        for part in self._parts():
-            part.release()
-        self._detached = True
-        self.state = State.DEFINED
-        self._recording = False
-        self._recorder.detached(self.name)
-        self.log.info("detached; QEMU keeps running (pid %s)", getattr(proc, "pid", None))
+        reattach.detach(self)
 
     # -- QMP --------------------------------------------------------------------------------
     def qmp(self, command: str, arguments: dict[str, Any] | None = None, *,
@@ -501,21 +398,3 @@ class Machine(SeedVerbs):
             raise StateError(f"cannot {action}: machine {self.name!r} is {self.state.value}, "
                              f"it must be {wanted}", state=self.state, required=states)
 
-    def _quiet(self, command: str, arguments: dict[str, Any]) -> None:
-        try:
-            self.qmp(command, arguments)
-        except QemuError as exc:
-            self.log.debug("%s %s: %s", command, arguments, exc)
-
-
-def _existing_file(value: str | Path | None, what: str) -> Path | None:
-    if value is None:
-        return None
-    path = validate.path(value, what=what)
-    if not path.is_file():
-        raise NotFoundError(f"{what} {str(path)!r} does not exist or is not a file")
-    return path.resolve()
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}

@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from vmanager.errors import (
     ConfigError,
     GuestError,
     NetworkError,
-    NotFoundError,
     QemuError,
     QMPError,
     StateError,
 )
+from vmanager.machine import nic_slots
+from vmanager.machine.nic_slots import Slot
 from vmanager.machine.part import Launch, MachineView, Part
 from vmanager.qemu import cmdline
 
@@ -40,25 +41,6 @@ MAX_NICS = 32
 UNPLUG_TIMEOUT = 30.0
 
 
-@dataclass
-class _Slot:
-    """One NIC as QEMU knows it."""
-
-    nic: VirtualNic
-    index: int       #: N of ``netN`` / ``nicN``
-    owned: bool      #: this machine created the VirtualNic and closes it
-    #: device_del was sent but the guest has not released the device yet
-    unplugging: bool = False
-
-    @property
-    def netdev(self) -> str:
-        return cmdline.netdev_id(self.index)
-
-    @property
-    def device(self) -> str:
-        return cmdline.nic_id(self.index)
-
-
 class Nics(Part):
     """``nics=N`` makes N VirtualNics in the machine's own namespace (named after it)."""
 
@@ -66,11 +48,11 @@ class Nics(Part):
 
     def __init__(self, vm: MachineView, nics: int | Sequence[VirtualNic]) -> None:
         self._vm = vm
-        self._slots: list[_Slot] = []
+        self._slots: list[Slot] = []
         self._removed: set[int] = set()
         self._namespace: Namespace | None = None
         self._given_nics: list[VirtualNic] = []
-        self._fds: list[tuple[_Slot, int]] = []
+        self._fds: list[tuple[Slot, int]] = []
         if isinstance(nics, bool):
             raise ConfigError(f"nics takes a count or a list of VirtualNic, got {nics!r}")
         if isinstance(nics, int):
@@ -119,10 +101,10 @@ class Nics(Part):
             self._ensure_namespace(adopt=False)
             for index in range(self._nic_count):
                 nic = VirtualNic(namespace=self.namespace, mac=stable_mac(self._vm.name, index))
-                self._slots.append(_Slot(nic, index, owned=True))
+                self._slots.append(Slot(nic, index, owned=True))
         else:
             for index, nic in enumerate(self._given_nics):
-                self._slots.append(_Slot(nic, index, owned=False))
+                self._slots.append(Slot(nic, index, owned=False))
                 if nic.state is Lifecycle.NEW:
                     nic.create()
         self.nics = [slot.nic for slot in self._slots]
@@ -190,41 +172,22 @@ class Nics(Part):
 
     def runtime(self) -> dict[str, Any]:
         """Every NIC QEMU has (index, kernel names, MAC, who owns it) and the namespace."""
-        return {"namespace": self._namespace is not None,
-                "slots": [{"index": s.index, "name": s.nic.name, "namespace": s.nic.namespace,
-                           "mac": s.nic.mac, "mode": s.nic.mode, "model": s.nic.model,
-                           "owned": s.owned}
-                          for s in self._slots]}
+        return {"namespace": self._namespace is not None, "slots": nic_slots.rows(self._slots)}
 
     def restore(self, runtime: Mapping[str, Any]) -> None:
-        """Take over the NICs of a machine another process started.
-
-        NICs and the namespace the machine made are adopted (closed when it
-        stops or unplugs them); NICs its starter passed in stay theirs.
-        """
-        from vmanager.net import VirtualNic
+        """Take over the NICs and namespace of a machine another process started."""
         from vmanager.net import adopt as net_adopt
-        slots: list[_Slot] = []
+        namespace = None
+        if runtime.get("namespace") and net_adopt.namespace_exists(self.namespace):
+            namespace = net_adopt.adopt_namespace(self.namespace)
         try:
-            if runtime.get("namespace") and net_adopt.namespace_exists(self.namespace):
-                self._namespace = net_adopt.adopt_namespace(self.namespace)
-            for item in runtime.get("slots") or ():
-                nic = VirtualNic(item["name"], namespace=item.get("namespace"),
-                                 mac=item["mac"], mode=item.get("mode", "macvtap"),
-                                 model=item.get("model", "virtio-net-pci"), create=False)
-                owned = bool(item.get("owned"))
-                if owned or net_adopt.link_exists(nic.port):
-                    net_adopt.adopt_nic(nic)
-                slots.append(_Slot(nic, int(item["index"]), owned=owned))
+            self._slots = nic_slots.from_rows(runtime.get("slots") or ())
         except BaseException:
-            for slot in slots:
-                net_adopt.release(slot.nic)
-            if self._namespace is not None:
-                net_adopt.release(self._namespace)
-                self._namespace = None
+            if namespace is not None:
+                net_adopt.release(namespace)
             raise
-        self._slots = slots
-        self.nics = [slot.nic for slot in slots]
+        self._namespace = namespace
+        self.nics = [slot.nic for slot in self._slots]
 
     def release(self) -> None:
         """QEMU runs on with the NICs: this process lets them go without removing them."""
@@ -238,34 +201,8 @@ class Nics(Part):
         self._fds = []
 
     # -- looking NICs up ----------------------------------------------------------
-    def _slot(self, nic: VirtualNic | int | str) -> _Slot:
-        """The slot of a NIC given as a VirtualNic, an index into ``nics`` or an id.
-
-        An id is QEMU's device id (``"nic1"``) or the VirtualNic's name.
-        """
-        from vmanager.net import VirtualNic
-        if isinstance(nic, bool):
-            raise ConfigError(f"expected a VirtualNic, an index or an id, got {nic!r}")
-        if isinstance(nic, int):
-            if not -len(self._slots) <= nic < len(self._slots):
-                raise NotFoundError(f"machine {self._vm.name!r} has no NIC at index {nic} "
-                                    f"(it has {len(self._slots)})")
-            return self._slots[nic]
-        if isinstance(nic, VirtualNic):
-            for slot in self._slots:
-                if slot.nic is nic:
-                    return slot
-            if id(nic) in self._removed:
-                raise StateError(f"{nic!r} was already removed from machine {self._vm.name!r}",
-                                 state="removed", required="attached")
-            raise NotFoundError(f"{nic!r} is not a NIC of machine {self._vm.name!r}")
-        if isinstance(nic, str):
-            for slot in self._slots:
-                if nic in (slot.device, slot.nic.name):
-                    return slot
-            known = ", ".join(f"{s.device} ({s.nic.name})" for s in self._slots) or "none"
-            raise NotFoundError(f"machine {self._vm.name!r} has no NIC {nic!r}; it has: {known}")
-        raise ConfigError(f"expected a VirtualNic, an index or an id, got {nic!r}")
+    def _slot(self, nic: VirtualNic | int | str) -> Slot:
+        return nic_slots.find(self._slots, self._removed, nic, machine=self._vm.name)
 
     def nic_id(self, nic: VirtualNic | int | str) -> str:
         """QEMU's device id of ``nic`` (``"nic0"``...), as used by QMP.
@@ -326,7 +263,7 @@ class Nics(Part):
                 raise StateError(f"cannot hot-plug {nic!r}: it is closed",
                                  state=nic.state, required=Lifecycle.CREATED)
             owned = False
-        slot = _Slot(nic, index, owned=owned)
+        slot = Slot(nic, index, owned=owned)
         fdname = f"vmanager-{slot.netdev}"
         stage = "start"
         try:

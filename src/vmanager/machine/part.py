@@ -21,7 +21,7 @@ another process (``Machine.attach``), so a reattached machine is whole.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -113,3 +113,18 @@ class Part:
 
     def release(self) -> None:
         """Let go without removing anything: the running QEMU keeps it (``detach``)."""
+
+
+def teardown_all(parts: Iterable[Part], log: logging.Logger) -> list[Exception]:
+    """Tear every part down, each in its own try, so one failure does not stop the rest.
+
+    Returns the failures (logged); the caller raises the first.
+    """
+    failures: list[Exception] = []
+    for part in parts:
+        try:
+            part.teardown()
+        except Exception as exc:
+            log.warning("tearing down %s: %s", part.key or type(part).__name__, exc)
+            failures.append(exc)
+    return failures

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Protocol
 
-from vmanager.errors import QemuError, QemuStartError, ShutdownTimeout
+from vmanager import paths
+from vmanager.errors import QemuError, QemuStartError, ShutdownTimeout, StateError
 from vmanager.qemu import launch
 from vmanager.qemu.chardev import Console
 from vmanager.qemu.qmp import Monitor
@@ -45,6 +48,32 @@ class Process(Protocol):
 
     def kill(self) -> None:
         """SIGKILL."""
+
+
+def open_run_dir(name: str, run_dir: Path) -> list[socket.socket]:
+    """A fresh owner-only run directory with QEMU's QMP, serial and shell sockets listening.
+
+    Refuses (:class:`StateError`) a directory a live QEMU still owns.
+    """
+    paths.private_dir(run_dir.parent)
+    other = launch.owner_pid(run_dir)
+    if other is not None:
+        raise StateError(f"machine {name!r} is already running as pid {other} (started "
+                         "elsewhere; Machine.attach() reaches it)", state="running",
+                         required="defined")
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    paths.private_dir(run_dir)
+    listeners: list[socket.socket] = []
+    try:
+        for sock in (QMP_SOCKET, SERIAL_SOCKET, SHELL_SOCKET):
+            listeners.append(launch.listen_unix(run_dir / sock))
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    return listeners
 
 
 def spawn(name: str, argv: list[str], *, run_dir: Path, pass_fds: list[int],

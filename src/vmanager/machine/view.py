@@ -6,6 +6,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vmanager.errors import QemuError
+
 if TYPE_CHECKING:
     from vmanager.machine.base import State
     from vmanager.machine.machine import Machine
@@ -53,7 +55,10 @@ class View:
 
     def quiet(self, command: str, arguments: dict[str, Any]) -> None:
         """A best-effort clean-up QMP command: failure is logged, not raised."""
-        self._machine._quiet(command, arguments)
+        try:
+            self._machine.qmp(command, arguments)
+        except QemuError as exc:
+            self._machine.log.debug("%s %s: %s", command, arguments, exc)
 
     def changed(self) -> None:
         """A part's runtime changed: the recorder hears of it."""
