@@ -154,6 +154,14 @@ def test_nics_keep_their_indices_models_and_macs() -> None:
     assert "e1000,netdev=net2,mac=52:54:00:00:00:02,id=nic2" in argv
 
 
+def test_virtio_nics_tell_the_guest_their_mtu() -> None:
+    argv = cmdline.build(replace(BASE, nics=(
+        NicSpec(0, 10, "virtio-net-pci", "52:54:00:00:00:01", mtu=9000),
+        NicSpec(1, 11, "e1000", "52:54:00:00:00:02", mtu=9000))))
+    assert "virtio-net-pci,netdev=net0,mac=52:54:00:00:00:01,id=nic0,host_mtu=9000" in argv
+    assert "e1000,netdev=net1,mac=52:54:00:00:00:02,id=nic1" in argv  # no host_mtu
+
+
 def test_extra_args_come_last() -> None:
     argv = cmdline.build(replace(BASE, nics=(NicSpec(0, 9, "virtio-net-pci",
                                                      "52:54:00:00:00:01"),),

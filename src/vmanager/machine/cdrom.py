@@ -20,7 +20,7 @@ from vmanager.qemu.qmp import map_qmp_errors
 
 if TYPE_CHECKING:
     from vmanager.qemu.cmdline import MachineSpec
-    from vmanager.storage import CD
+    from vmanager.storage import CD, CDUser
 
 CD_DRIVE = cmdline.cd_id(0)
 
@@ -30,12 +30,14 @@ class CdDrive(Part):
 
     key = "cdrom"
 
-    def __init__(self, vm: MachineView, cd: CD | None) -> None:
+    def __init__(self, vm: MachineView, cd: CD | None, *, user: CDUser | None = None) -> None:
         if cd is not None:
             from vmanager.storage import CD
             if not isinstance(cd, CD):
                 raise ConfigError(f"cd takes one CD object, got {cd!r}")
         self._vm = vm
+        #: who the CD is in the drive of (the Machine: ``cd.eject(machine=m)`` names it)
+        self._user: CDUser = user if user is not None else self
         self.cd = cd
         self.drive = False           # the running machine has a CD drive (cd0)
         self._nodes: list[str] = []  # nodes of the medium in it, top first
@@ -54,12 +56,12 @@ class CdDrive(Part):
     def prepare(self, launch: Launch) -> None:
         """The CD knows it is in this machine's drive (so ``cd.eject()`` finds it)."""
         if self.cd is not None:
-            self.cd.attach(self)
+            self.cd.attach(self._user)
             launch.undo.push(f"detach {self.cd.path}", self._detach_cd)
 
     def _detach_cd(self) -> None:
         if self.cd is not None:
-            self.cd.detach(self)
+            self.cd.detach(self._user)
 
     def contribute(self, spec: MachineSpec) -> MachineSpec:
         """The drive with the ISO, when there is one."""
@@ -101,7 +103,7 @@ class CdDrive(Part):
         path = runtime.get("path")
         self.cd = CD(path, interface=runtime.get("interface") or "ide") if path else None
         if self.cd is not None:
-            self.cd.attach(self)
+            self.cd.attach(self._user)
 
     def _next_media(self) -> int:
         n = next(self._media)
@@ -125,7 +127,7 @@ class CdDrive(Part):
         if self.cd is None or not self.drive or not self._nodes:
             raise StateError(f"machine {vm.name!r} has no CD in its drive to eject",
                              state="no CD", required="a CD in the drive")
-        self.cd.eject(machine=self)
+        self.cd.eject(machine=self._user)
 
     def eject_cd(self, cd: CD) -> None:
         """Take ``cd`` out of the running machine's drive; what :meth:`CD.eject` calls.
@@ -142,7 +144,7 @@ class CdDrive(Part):
             vm.qmp("blockdev-open-tray", {"id": CD_DRIVE, "force": True})
             vm.qmp("blockdev-remove-medium", {"id": CD_DRIVE})
         self._drop_medium_nodes()
-        cd.detach(self)
+        cd.detach(self._user)
         self.cd = None
         vm.changed()
         vm.log.info("ejected %s", cd)
@@ -183,9 +185,9 @@ class CdDrive(Part):
                 raise
         self._nodes = [node]
         if self.cd is not None:
-            self.cd.detach(self)
+            self.cd.detach(self._user)
         self.cd = cd
-        cd.attach(self)
+        cd.attach(self._user)
         vm.changed()
         with map_qmp_errors(f"{vm.name}: closing the CD tray failed", StorageError):
             vm.qmp("blockdev-close-tray", {"id": CD_DRIVE})

@@ -132,7 +132,7 @@ class Machine(SeedVerbs):
         self.screen = Screen(view)
         self.input = Input(view, self.screen.screen_size)
         self.disks = Disks(view, harddrives)
-        self.cdrom = CdDrive(view, cd)
+        self.cdrom = CdDrive(view, cd, user=self)
         self.network = Nics(view, nics)
         self.migration = Migration(view, self._settled)
         self.boot = BootOrder(view, disks=self.disks, cdrom=self.cdrom, nics=self.network,

@@ -72,7 +72,8 @@ def find(slots: Sequence[Slot], removed: set[int], nic: VirtualNic | int | str, 
 def rows(slots: Iterable[Slot]) -> list[dict[str, Any]]:
     """JSON-able rows that rebuild the slots (index, kernel names, MAC, owner)."""
     return [{"index": s.index, "name": s.nic.name, "namespace": s.nic.namespace,
-             "mac": s.nic.mac, "mode": s.nic.mode, "model": s.nic.model, "owned": s.owned}
+             "mac": s.nic.mac, "mode": s.nic.mode, "model": s.nic.model, "mtu": s.nic.mtu,
+             "owned": s.owned}
             for s in slots]
 
 
@@ -87,7 +88,8 @@ def from_rows(items: Iterable[Mapping[str, Any]]) -> list[Slot]:
         for item in items:
             nic = VirtualNic(item["name"], namespace=item.get("namespace"), mac=item["mac"],
                              mode=item.get("mode", "macvtap"),
-                             model=item.get("model", "virtio-net-pci"), create=False)
+                             model=item.get("model", "virtio-net-pci"), mtu=item.get("mtu"),
+                             create=False)
             owned = bool(item.get("owned"))
             if owned or net_adopt.link_exists(nic.port):
                 net_adopt.adopt_nic(nic)

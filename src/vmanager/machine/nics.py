@@ -278,8 +278,11 @@ class Nics(Part):
             self._vm.qmp("netdev_add", {"type": "tap", "id": slot.netdev, "fd": fdname},
                      timeout=timeout)
             stage = "netdev added"  # netdev_add consumed the named fd
-            self._vm.qmp("device_add", {"driver": nic.model, "id": slot.device,
-                                    "netdev": slot.netdev, "mac": nic.mac}, timeout=timeout)
+            device: dict[str, object] = {"driver": nic.model, "id": slot.device,
+                                         "netdev": slot.netdev, "mac": nic.mac}
+            if nic.mtu and nic.model.startswith("virtio-net"):
+                device["host_mtu"] = nic.mtu  # as at launch (cmdline.nic_args)
+            self._vm.qmp("device_add", device, timeout=timeout)
         except BaseException:
             if stage == "netdev added":
                 self._quietly("netdev_del", {"id": slot.netdev})
