@@ -20,95 +20,51 @@ step failed (the summary says which), 130 after Ctrl-C.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import ipaddress
 import json
-import os
-import re
-import signal
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from types import FrameType
-from typing import Any, TypeVar
 
 from vmanager import lab as labs
-from vmanager.errors import ConfigError, GuestError, ShutdownTimeout, StateError, VmanagerError
+from vmanager.demo.output import (
+    DemoResult,
+    MachineResult,
+    PingResult,
+    Say,
+    _jsonable,
+    _never_raising,
+    _say,
+    _step,
+    summary_table,
+)
+from vmanager.demo.tasks import (
+    DHCP,
+    STEP_TIMEOUT,
+    _address_problems,
+    _dhcp_task,
+    _parallel,
+    _ping_task,
+    _screenshot,
+)
+from vmanager.demo.teardown import _signals, _teardown, leftovers
+from vmanager.errors import ConfigError, StateError, VmanagerError
 from vmanager.guests import tiny_guest
 from vmanager.lab import record as labrec
 from vmanager.machine import Machine
-from vmanager.net import list_namespaces
 from vmanager.net.router import default_subnet
 from vmanager.state import records
-from vmanager.state.process import Liveness, ProcessIdentity
+from vmanager.state.process import ProcessIdentity
 
 #: The demo lab, shipped inside the package (a copy of ``examples/demo-lab.toml``).
 PACKAGED_LAB = "examples/demo-lab.toml"
 DEFAULT_OUT = Path("vmanager-demo-out")
-#: dnsmasq pings an address before offering it and answers no DISCOVER meanwhile,
-#: so three clients at once take ~9 s; -T 3 keeps a client from giving up on a
-#: late offer or ACK (-T 1 does), -t 10 leaves room on a slow host.
-DHCP = "udhcpc -i eth0 -n -q -t 10 -T 3"
 DHCP_TIMEOUT = 60.0
 BOOT_TIMEOUT = 120.0
-STEP_TIMEOUT = 30.0
-
-T = TypeVar("T")
-Say = Callable[[str], None]
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
-
-
-# -- results ----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PingResult:
-    """One ping from a machine: the target's name and address, and how it went."""
-
-    target: str
-    address: str | None
-    ok: bool
-    rtt_ms: float | None = None
-
-
-@dataclass(frozen=True)
-class MachineResult:
-    """What the demo saw of one machine."""
-
-    name: str
-    mac: str
-    address: str | None  #: the guest's eth0 address after DHCP
-    lease: str | None  #: the router's DHCP lease for the machine's MAC
-    boot_s: float | None  #: QEMU start to the guest's shell answering
-    pings: tuple[PingResult, ...] = ()
-
-
-@dataclass(frozen=True)
-class DemoResult:
-    """The whole run: machines, files written, timings and every problem seen."""
-
-    lab: str
-    accel: str | None
-    subnet: str
-    outside: str
-    machines: tuple[MachineResult, ...]
-    files: tuple[Path, ...]
-    timings: dict[str, float] = field(default_factory=dict)
-    problems: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """Every step worked and nothing was left behind."""
-        return not self.problems
-
 
 # -- the lab ----------------------------------------------------------------------------
 
@@ -296,27 +252,6 @@ def run(lab: labs.Lab, *, out: Path, say: Say = _say, own_leftover: bool = True,
     return dataclasses.replace(result, files=(*result.files, summary))
 
 
-def _never_raising(say: Say) -> Say:
-    """``say``, minus its errors: a closed stdout (``| head``) must not stop the teardown."""
-    def safe(message: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            say(message)
-    return safe
-
-
-def _step(say: Say) -> Callable[[str], contextlib.AbstractContextManager[None]]:
-    @contextlib.contextmanager
-    def step(message: str) -> Iterator[None]:
-        t = time.monotonic()
-        try:
-            yield
-        except BaseException:
-            say(f"  {message:<30} failed")
-            raise
-        say(f"  {message:<30} {time.monotonic() - t:5.2f} s")
-    return step
-
-
 def _clear_leftover(lab: labs.Lab, *, own: bool, say: Say) -> None:
     rec = labrec.load(lab.name)
     if rec is None:
@@ -345,212 +280,6 @@ def _processes(lab: labs.Lab) -> list[ProcessIdentity]:
         if mrec is not None and mrec.runtime is not None:
             found.append(mrec.runtime.identity)
     return found
-
-
-def _parallel(pool: ThreadPoolExecutor, tasks: dict[str, Callable[[float], T]],
-              timeout: float) -> dict[str, T]:
-    """Run ``task(timeout)`` for every machine at once; the first failure is raised."""
-    futures: dict[str, Future[T]] = {n: pool.submit(task, timeout) for n, task in tasks.items()}
-    done: dict[str, T] = {}
-    for name, f in futures.items():
-        try:
-            done[name] = f.result(timeout + 10.0)
-        except TimeoutError as exc:
-            if f.done():
-                raise  # the task's own timeout, which names what it waited for
-            raise GuestError(f"machine {name!r}: no answer within {timeout + 10.0:g} s") from exc
-    return done
-
-
-def _dhcp_task(m: Machine) -> Callable[[float], str | None]:
-    def task(timeout: float) -> str | None:
-        m.execute(DHCP, timeout=timeout)  # the address, if any, is what counts
-        shown = m.succeed("ip -o -4 addr show dev eth0", timeout=timeout)
-        found = re.search(r"\binet (\d+\.\d+\.\d+\.\d+)/", shown)
-        return found.group(1) if found else None
-    return task
-
-
-def _ping_task(m: Machine, name: str,
-               targets: dict[str, str | None]) -> Callable[[float], list[PingResult]]:
-    def task(timeout: float) -> list[PingResult]:
-        out = []
-        for target, address in targets.items():
-            if target == name:
-                continue
-            if address is None:
-                out.append(PingResult(target, None, False))
-                continue
-            r = m.execute(f"ping -c 1 -W 3 {address}", timeout=timeout)
-            rtt = re.search(r"time=([\d.]+) ms", r.stdout)
-            out.append(PingResult(target, address, r.status == 0,
-                                  float(rtt.group(1)) if rtt else None))
-        return out
-    return task
-
-
-def _address_problems(name: str, address: str | None, lease: str | None,
-                      subnet: ipaddress.IPv4Network) -> list[str]:
-    if address is None:
-        return [f"{name} got no DHCP address"]
-    if ipaddress.IPv4Address(address) not in subnet:
-        return [f"{name}'s address {address} is not in the router's subnet {subnet}"]
-    if lease != address:
-        return [f"{name} has {address} but the router's lease says {lease}"]
-    return []
-
-
-def _screenshot(m: Machine, path: Path, outside: str) -> None:
-    """Put the guest's own view of the network on tty1, then take the PNG."""
-    m.succeed("chvt 1; echo 0 > /sys/class/graphics/fbcon/cursor_blink 2>/dev/null; "
-              "clear > /dev/tty1", timeout=STEP_TIMEOUT)
-    m.succeed(f"{{ echo \"vmanager demo: $(hostname)\"; echo; ip -4 addr show dev eth0; "
-              f"echo; ip route; echo; ping -c 2 -W 3 {outside}; }} > /dev/tty1 2>&1; true",
-              timeout=STEP_TIMEOUT)
-    time.sleep(0.2)  # let the framebuffer console draw the last lines
-    m.screenshot(path)
-
-
-# -- teardown ---------------------------------------------------------------------------
-
-class _Signals:
-    """SIGINT/SIGTERM handling for :func:`main`: the first one interrupts, later ones wait.
-
-    The first signal raises KeyboardInterrupt so that the ``finally`` blocks take
-    the lab down; any further signal (a second Ctrl-C, ``timeout`` signalling the
-    whole process group) and any signal during the teardown only print a note,
-    so the teardown is never cut short. Only in this process: pyroute2 opens
-    namespace sockets in short forked children (stopping them with SIGTERM),
-    which inherit the handler and must simply die.
-    """
-
-    def __init__(self) -> None:
-        self.installed = False
-        self.interrupted = False
-        self.shielded = False
-        self.say: Say = _say
-
-    @contextlib.contextmanager
-    def installed_in_main(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        owner = os.getpid()
-
-        def handler(signum: int, frame: FrameType | None) -> None:
-            if os.getpid() != owner:
-                os._exit(128 + signum)
-            if self.interrupted or self.shielded:
-                self.say("  (still taking the lab down; one moment)")
-                return
-            self.interrupted = True
-            raise KeyboardInterrupt
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-        self.installed, self.interrupted = True, False
-        try:
-            yield
-        finally:
-            for s, previous in old.items():
-                signal.signal(s, previous)
-            self.installed = False
-
-    @contextlib.contextmanager
-    def shield(self, say: Say) -> Iterator[None]:
-        self.shielded, self.say = True, say
-        try:
-            yield
-        finally:
-            self.shielded = False
-
-
-_signals = _Signals()
-
-
-def _teardown(lab: labs.Lab, machines: dict[str, Machine],
-              processes: Sequence[ProcessIdentity], *, graceful: bool, say: Say) -> list[str]:
-    """Stop the machines (all at once), remove the lab, check nothing is left."""
-    problems = []
-
-    def release(m: Machine) -> None:
-        if graceful:
-            try:
-                m.shutdown(timeout=10.0)  # ACPI power-off
-            except ShutdownTimeout:
-                m.stop()  # QMP quit, then SIGKILL
-        else:
-            m.kill()
-
-    t = time.monotonic()
-    with ThreadPoolExecutor(max_workers=max(len(machines), 1)) as pool:
-        futures = {name: pool.submit(release, m) for name, m in machines.items()}
-    if machines:
-        how = "powered off" if graceful else "killed"
-        say(f"  {f'{how} {len(machines)} machines at once':<30} {time.monotonic() - t:5.2f} s")
-    for name, f in futures.items():
-        exc = f.exception()
-        if exc is not None:
-            problems.append(f"stopping {name}: {exc}")
-            with contextlib.suppress(VmanagerError):
-                machines[name].kill()
-    try:
-        removed = labs.down(lab.name, step=_step(say), timeout=60.0)
-        say(f"  removed {len(removed)} objects")
-    except VmanagerError as exc:
-        problems.append(str(exc))
-    left = leftovers(lab, processes)
-    problems += [f"left behind: {what}" for what in left]
-    say("  nothing left behind" if not left else f"  LEFT BEHIND: {', '.join(left)}")
-    return problems
-
-
-def leftovers(lab: labs.Lab, processes: Sequence[ProcessIdentity] = ()) -> list[str]:
-    """What of ``lab`` still exists: record, namespaces, links, records, processes."""
-    left = []
-    if labrec.load(lab.name) is not None:
-        left.append(f"lab record {labrec.path_of(lab.name)}")
-    namespaces = set(list_namespaces())
-    wanted = ([h.name for h in lab.hosts] + [r.name for r in lab.routers if r.mode == "nat"]
-              + [m.name for m in lab.machines if m.nics])
-    left += [f"namespace {n}" for n in wanted if n in namespaces]
-    # a router's LAN port is its name + "l" (Router.lan_port)
-    links = ([h.port for h in lab.hosts] + [s.name for s in lab.switches]
-             + [r.name + "l" for r in lab.routers]
-             + [r.name for r in lab.routers if r.mode == "bridged"])
-    left += [f"link {n}" for n in links if Path("/sys/class/net", n).exists()]
-    left += [f"machine record {m.name}" for m in lab.machines if records.find(m.name)]
-    left += [f"process {p.pid} ({p.argv[0] if p.argv else '?'})" for p in processes
-             if p.check() is Liveness.RUNNING]
-    return left
-
-
-# -- output -----------------------------------------------------------------------------
-
-def summary_table(result: DemoResult) -> str:
-    """The summary as a text table: one row per machine, one column per ping target."""
-    targets = [m.name for m in result.machines] + ["outside"]
-    headers = ["machine", "address (DHCP)", "MAC", "boot", *(f"to {t}" for t in targets)]
-    rows = []
-    for m in result.machines:
-        pings = {p.target: p for p in m.pings}
-        cells = []
-        for t in targets:
-            p = pings.get(t)
-            cells.append("-" if p is None else "FAIL" if not p.ok else
-                         f"ok {p.rtt_ms:.1f} ms" if p.rtt_ms is not None else "ok")
-        rows.append([m.name, m.address or "none", m.mac,
-                     f"{m.boot_s:.1f} s" if m.boot_s is not None else "-", *cells])
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [headers, ["-" * w for w in widths], *rows]]
-    return "\n".join(lines)
-
-
-def _jsonable(result: DemoResult) -> dict[str, Any]:
-    data = dataclasses.asdict(result)
-    data["files"] = [str(f) for f in result.files]
-    data["ok"] = result.ok
-    return data
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -611,5 +340,8 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+__all__ = [
+    "BOOT_TIMEOUT", "DHCP", "DHCP_TIMEOUT", "STEP_TIMEOUT", "DemoResult", "MachineResult",
+    "PingResult", "Plan", "leftovers", "main", "packaged_lab", "plan", "run", "summary_table",
+    "with_accel",
+]
