@@ -5,7 +5,10 @@ Debian's cloud kernel, GRUB (booting from the disk itself under SeaBIOS), the
 QEMU guest agent, cloud-init (NoCloud) and OpenSSH, from Debian's archive. The
 result is cached under ``$XDG_CACHE_HOME/vmanager/images`` (as root
 ``~/.cache/vmanager/images`` unless ``VMANAGER_CACHE_DIR`` says otherwise), keyed
-by everything that goes into it; a second call returns at once.
+by everything that goes into it (the builder's own code included); a second call
+returns at once. Cached images are never deleted by vmanager, since overlays name
+them as their backing file; ``rebuild=True`` replaces one (recreate overlays made
+on it).
 
 Example::
 
@@ -125,7 +128,7 @@ def build(name: str = "debian-12", path: str | Path | None = None, *,
     manifest = image_path.with_suffix(".json")
     with (cache / ".lock").open("w") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
-        _prune(cache, keep=image_path)
+        _prune(cache)
         cached = image_path.is_file() and manifest.is_file() and not rebuild
         seconds: float | None = None
         if cached:
@@ -136,8 +139,8 @@ def build(name: str = "debian-12", path: str | Path | None = None, *,
                 seconds = None
         else:
             started = time.monotonic()
-            image_path.unlink(missing_ok=True)
             manifest.unlink(missing_ok=True)
+            # build_disk replaces the image only once the new one is complete.
             debian.build_disk(suite, image_path, size=size_b, packages=extra,
                               root_password=root_password, mirror=mirror,
                               hostname=hostname, say=say, workdir=cache)
@@ -162,13 +165,12 @@ def build(name: str = "debian-12", path: str | Path | None = None, *,
                  root_password=root_password is not None, built_seconds=seconds, cached=cached)
 
 
-def _prune(cache: Path, *, keep: Path, age: float = 30 * 86400) -> None:
-    """Remove images unused for ``age`` seconds and scratch dirs of killed builds."""
-    now = time.time()
-    for old in cache.glob("*.qcow2"):
-        if old != keep and now - old.stat().st_atime > age:
-            old.unlink(missing_ok=True)
-            old.with_suffix(".json").unlink(missing_ok=True)
+def _prune(cache: Path) -> None:
+    """Remove the scratch directories of killed builds.
+
+    Images themselves are never removed here: overlays made on a cached image
+    name it as their backing file.
+    """
     # Builds run only under the cache's lock, which the caller holds: any scratch
     # directory is what a killed build left.
     for scratch in cache.glob(".imgbuild-*"):
