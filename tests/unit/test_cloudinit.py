@@ -99,3 +99,35 @@ def test_seed_iso_holds_the_nocloud_files(tmp_path: Path) -> None:
         assert yaml.safe_load((out / "network-config").read_text()) == net
         assert (out / "user-data").read_text() == ci.user_data_text()
     assert not iso.exists()
+
+
+def test_lab_file_takes_an_image_guest_and_a_cloud_init_table() -> None:
+    from vmanager.lab.spec import load
+    lab = load(Path(__file__).resolve().parents[2] / "examples" / "debian-lab.toml")
+    deb = next(m for m in lab.machines if m.name == "deb1")
+    assert deb.guest == "debian-12"
+    assert deb.definition()["cloud_init"]["users"] == ["alice"]
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ('guest = "debian-12"\n[machines.m1.cloud_init]\nusers = ["Bad Name"]\n',
+     "machines.m1.cloud_init"),
+    ('guest = "debian-12"\ncloud_init = "hostname=x"\n', "machines.m1.cloud_init"),
+    ('guest = "windows"\n', "machines.m1.guest"),
+])
+def test_lab_file_cloud_init_errors_name_the_field(body: str, field: str) -> None:
+    from vmanager.errors import LabFileError
+    from vmanager.lab.spec import parse
+    with pytest.raises(LabFileError) as info:
+        parse('[lab]\nname = "l"\n[machines.m1]\n' + body)
+    assert info.value.field == field
+
+
+def test_to_mapping_round_trips() -> None:
+    ci = CloudInit(hostname="h", users=["alice", {"name": "bob"}], password="pw",
+                   ssh_authorized_keys=[KEY], runcmd=["true", ["ls", "/"]], packages=["jq"],
+                   network_config={"version": 2}, user_data={"timezone": "UTC"})
+    again = CloudInit.from_mapping(ci.to_mapping())
+    assert again.user_data_text() == ci.user_data_text()
+    assert again.meta_data_text() == ci.meta_data_text()
+    assert again.instance_id == ci.instance_id

@@ -255,6 +255,16 @@ class CloudInit:
             self.write(Path(tmp))
             return CD.from_directory(tmp, output=output, volume_id="cidata")
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The keyword arguments that make this configuration again (JSON-able)."""
+        out: dict[str, Any] = {"hostname": self.hostname, "users": self.users,
+                               "ssh_authorized_keys": self.ssh_authorized_keys,
+                               "password": self.password, "runcmd": self.runcmd,
+                               "packages": self.packages, "network_config": self.network_config,
+                               "user_data": self.user_data or None,
+                               "instance_id": self.instance_id}
+        return {k: v for k, v in out.items() if v not in (None, [], {})}
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> CloudInit:
         """Make one from a lab file's ``cloud_init`` table (the same keyword names)."""
