@@ -123,7 +123,7 @@ def test_exec_signal_and_kill_after_timeout(pair: tuple[socket.socket, socket.so
     killed = threading.Event()
 
     def exec_(args: dict[str, Any]) -> Any:
-        if "kill -KILL 5" in " ".join(args["arg"]):
+        if args["arg"][-1] == "5" and "kill -KILL" in args["arg"][1]:
             killed.set()
             return {"pid": 6}
         return {"pid": 5}

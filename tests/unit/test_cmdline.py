@@ -192,3 +192,11 @@ def test_ids_round_trip() -> None:
     assert cmdline.cd_medium_node(4) == "cd0-m4"
     with pytest.raises(ValueError):
         cmdline.disk_id(-1)
+
+
+def test_guest_agent_port_on_the_virtio_serial_bus() -> None:
+    argv = cmdline.build(replace(BASE, agent_fd=9))
+    assert "socket,id=qga0,fd=9,server=on,wait=off" in _opt(argv, "-chardev")
+    assert ("virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0,"
+            "id=qga0-port") in _opt(argv, "-device")
+    assert not any("qga0" in a for a in cmdline.build(BASE))

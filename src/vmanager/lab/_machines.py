@@ -8,6 +8,8 @@ from typing import Any
 
 from vmanager import validate
 from vmanager.errors import ConfigError
+from vmanager.images import DISTRIBUTIONS
+from vmanager.images.cloudinit import CloudInit
 from vmanager.lab import servers as _servers
 from vmanager.lab._check import Checker
 from vmanager.lab.model import DiskSpec, MachineSpec, NicSpec, RouterSpec, SwitchSpec
@@ -23,11 +25,20 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
     where = ("machines", mname)
     body = c.table(raw, where)
     c.keys(body, where, {"guest", "kernel", "initrd", "append", "memory", "cpus", "accel",
-                         "disks", "cd", "nics", "server"})
+                         "disks", "cd", "nics", "server", "cloud_init"})
     c.check(where, lambda: validate.name(mname, what="machine name", max_len=15))
     guest = c.typed(body, "guest", str, where)
-    if guest is not None and guest != "tiny":
-        raise c.fail((*where, "guest"), f"the only built-in guest is 'tiny', not {guest!r}")
+    if guest is not None and guest != "tiny" and guest not in DISTRIBUTIONS:
+        raise c.fail((*where, "guest"), f"guest must be 'tiny' or an image ("
+                     f"{', '.join(sorted(DISTRIBUTIONS))}), not {guest!r}")
+    cloud_init = None
+    if "cloud_init" in body:
+        raw_ci = dict(c.table(body["cloud_init"], (*where, "cloud_init")))
+        try:
+            CloudInit.from_mapping(raw_ci)
+        except ConfigError as exc:
+            raise c.fail((*where, "cloud_init"), str(exc)) from exc
+        cloud_init = raw_ci
     kernel = c.typed(body, "kernel", str, where)
     if guest is not None and kernel is not None:
         raise c.fail((*where, "kernel"), "give either guest or kernel, not both")
@@ -66,6 +77,9 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
     cd = c.typed(body, "cd", str, where)
     if guest is None and kernel is None and not disks and cd is None:
         raise c.fail(where, "nothing to boot: give guest = \"tiny\", kernel, disks or cd")
+    if cloud_init is not None and cd is not None:
+        raise c.fail((*where, "cloud_init"), "the cloud-init seed takes the CD drive: give "
+                     "cd or cloud_init, not both")
     nics = []
     for i, nraw in enumerate(c.typed(body, "nics", list, where, [])):
         nwhere = (*where, "nics", str(i))
@@ -98,7 +112,8 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
                        resolve(body["initrd"]) if "initrd" in body else None,
                        c.typed(body, "append", str, where), memory, cpus, accel,
                        tuple(disks), resolve(cd) if cd else None, tuple(nics),
-                       server=_servers.check_server(c, where, body, server_names))
+                       server=_servers.check_server(c, where, body, server_names),
+                       cloud_init=cloud_init)
 
 
 def impairment(c: Checker, body: Mapping[str, Any], where: tuple[str, ...]) -> Impairment:

@@ -77,8 +77,11 @@ def to_json(m: Machine) -> dict[str, Any]:
         "qemu_binary": m.qemu_binary,
         "disks": [{"path": str(d.path), "format": d.format, "interface": d.interface}
                   for d in m.harddrives],
-        "cd": str(m.cd.path) if m.cd is not None else None,
+        "cd": str(m.cd.path) if m.cd is not None and m.seed.cloud_init is None else None,
         "nics": m.network.count,
+        "guest_agent": m.agent.enabled,
+        "cloud_init": (m.seed.cloud_init.to_mapping() if m.seed.cloud_init is not None
+                       else None),
     }
 
 

@@ -24,6 +24,7 @@ from vmanager import paths, validate
 from vmanager.errors import StateError
 from vmanager.machine import definition, process, reattach
 from vmanager.machine import recorder as recording
+from vmanager.machine.agent import AgentChannel, GuestCommands
 from vmanager.machine.base import State
 from vmanager.machine.boot import BootOrder
 from vmanager.machine.cdrom import CdDrive
@@ -35,6 +36,7 @@ from vmanager.machine.migration import Migration
 from vmanager.machine.nics import Nics
 from vmanager.machine.part import Launch, Part, teardown_all
 from vmanager.machine.screen import Screen
+from vmanager.machine.seed import CloudInitSeed
 from vmanager.machine.shell import GuestShell
 from vmanager.machine.snapshots import Snapshots
 from vmanager.machine.verbs import SeedVerbs
@@ -45,6 +47,7 @@ from vmanager.qemu.chardev import Console
 from vmanager.qemu.qmp import Monitor
 
 if TYPE_CHECKING:
+    from vmanager.images.cloudinit import CloudInit
     from vmanager.machine.recorder import Recorder, RunInfo
     from vmanager.net import VirtualNic
     from vmanager.storage import CD, Harddrive
@@ -66,6 +69,8 @@ class Machine(SeedVerbs):
     ``"tcg"``. ``monitor_port`` opens a human monitor on 127.0.0.1:PORT (off by
     default: anyone local could use it). ``recorder`` keeps what the machine
     ran for other processes (default: records in the state directory).
+    ``guest_agent`` adds the QEMU guest agent's channel (:attr:`agent`);
+    ``cloud_init`` (a :class:`~vmanager.CloudInit`) puts its NoCloud seed in the CD drive.
 
     The features are parts it holds: :attr:`disks`, :attr:`cdrom`,
     :attr:`network`, :attr:`ram`, :attr:`screen`, :attr:`input`,
@@ -103,6 +108,8 @@ class Machine(SeedVerbs):
         qemu_binary: str | None = None,
         extra_args: Sequence[str] = (),
         recorder: Recorder | None = None,
+        guest_agent: bool = True,
+        cloud_init: CloudInit | None = None,
     ) -> None:
         self.name = validate.name(name, what="machine name")
         self.cpus = definition.check_cpus(cpus)
@@ -140,6 +147,9 @@ class Machine(SeedVerbs):
                               incoming=lambda: self.migration.incoming)
         self.snapshots = Snapshots(view, self.disks)
         self.chardevs = Chardevs(view)
+        self.agent = AgentChannel(view, enabled=guest_agent)
+        self.commands = GuestCommands(view, self.shell, self.agent)
+        self.seed = CloudInitSeed(view, cloud_init, self.cdrom)
 
     def _parts(self) -> list[Part]:
         """Every part in launch order; teardown walks it backwards.
@@ -147,8 +157,9 @@ class Machine(SeedVerbs):
         Argv order follows it too: display, disks, CD, memory, NICs. The boot
         order comes after the devices it numbers.
         """
-        return [self.shell, self.screen, self.input, self.disks, self.cdrom, self.ram,
-                self.migration, self.network, self.boot, self.snapshots, self.chardevs]
+        return [self.shell, self.agent, self.commands, self.screen, self.input, self.disks,
+                self.seed, self.cdrom, self.ram, self.migration, self.network, self.boot,
+                self.snapshots, self.chardevs]
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} {self.state.value}>"

@@ -30,6 +30,14 @@ class GuestShell(Part):
         """A new QEMU: wait for the shell's hello unless the guest is already up."""
         self._shell = Shell(self.console, expect_hello=not greeted)
 
+    def answers(self, timeout: float) -> bool:
+        """Whether the backdoor shell takes commands, waiting up to ``timeout`` s (no error)."""
+        try:
+            self._shell.wait_ready(timeout)
+        except GuestCommandError:
+            return False
+        return True
+
     def execute(self, command: str, timeout: float = 60.0) -> ExecResult:
         """Run ``command`` in the guest's backdoor shell (hvc0).
 

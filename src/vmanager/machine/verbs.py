@@ -18,6 +18,7 @@ from vmanager.machine.control import ControlVerbs
 from vmanager.machine.screen_verbs import ScreenVerbs
 
 if TYPE_CHECKING:
+    from vmanager.machine.agent import AgentChannel, GuestCommands
     from vmanager.machine.boot import BootOrder
     from vmanager.machine.cdrom import CdDrive
     from vmanager.machine.chardevs import Chardevs
@@ -62,6 +63,8 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
     boot: BootOrder
     snapshots: Snapshots
     chardevs: Chardevs
+    agent: AgentChannel
+    commands: GuestCommands
     _proc: Process | None
 
     def qmp(self, command: str, arguments: dict[str, Any] | None = None, *,
@@ -80,27 +83,27 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
     def kill(self) -> None:
         raise NotImplementedError
 
-    # -- guest shell (m.shell) ----------------------------------------------------------
+    # -- guest commands: the backdoor shell, else the guest agent (m.commands) -----------
     def execute(self, command: str, timeout: float = 60.0) -> ExecResult:
-        """Run ``command`` in the guest's backdoor shell (hvc0); see :meth:`GuestShell.execute`."""
-        return self.shell.execute(command, timeout=timeout)
+        """Run ``command`` under ``/bin/sh -c`` in the guest; see :meth:`GuestCommands.execute`."""
+        return self.commands.execute(command, timeout=timeout)
 
     def succeed(self, command: str, timeout: float = 60.0) -> str:
         """Run ``command`` in the guest and return its stdout; raise unless it exits 0."""
-        return self.shell.succeed(command, timeout=timeout)
+        return self.commands.succeed(command, timeout=timeout)
 
     def fail(self, command: str, timeout: float = 60.0) -> str:
         """Run ``command`` and return its stdout; raise if it *succeeds*."""
-        return self.shell.fail(command, timeout=timeout)
+        return self.commands.fail(command, timeout=timeout)
 
     def wait_until_succeeds(self, command: str, timeout: float = 60.0,
                             interval: float = 0.5) -> str:
         """Retry ``command`` until it exits 0; return its stdout."""
-        return self.shell.wait_until_succeeds(command, timeout=timeout, interval=interval)
+        return self.commands.wait_until_succeeds(command, timeout=timeout, interval=interval)
 
     def wait_ready(self, timeout: float = 120.0) -> float:
-        """Wait until the guest's backdoor shell takes commands; return seconds since start."""
-        return self.shell.wait_ready(timeout)
+        """Wait until the backdoor shell or the guest agent answers; seconds since start."""
+        return self.commands.wait_ready(timeout)
 
     # -- disks, CD, boot (m.disks, m.cdrom, m.boot) -------------------------------------
     @property
@@ -240,14 +243,26 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
         return self.ram.dump(Path(path), paging=paging, progress=progress, timeout=timeout)
 
     # -- snapshots and chardevs (m.snapshots, m.chardevs) ----------------------------------
-    def snapshot(self, name: str, *, overwrite: bool = False,
+    def snapshot(self, name: str, *, overwrite: bool = False, quiesce: bool = False,
                  timeout: float = 600.0) -> SnapshotInfo:
-        """Snapshot the running machine: RAM, devices, every writable disk; see :meth:`Snapshots.save`."""  # noqa: E501
-        return self.snapshots.save(name, overwrite=overwrite, timeout=timeout)
+        """Snapshot the running machine: RAM, devices, every writable disk; see :meth:`Snapshots.save`.
+
+        ``quiesce=True`` freezes the guest's file systems through the guest
+        agent while the snapshot is taken (thawed again whatever happens), so the
+        disks alone hold clean file systems too.
+        """  # noqa: E501
+        if not quiesce:
+            return self.snapshots.save(name, overwrite=overwrite, timeout=timeout)
+        with self.agent.frozen():
+            return self.snapshots.save(name, overwrite=overwrite, timeout=timeout)
 
     def load_snapshot(self, name: str, *, timeout: float = 600.0) -> None:
-        """Return the running machine to snapshot ``name``; see :meth:`Snapshots.load`."""
+        """Return the running machine to snapshot ``name``; see :meth:`Snapshots.load`.
+
+        File systems a quiesced snapshot recorded frozen are thawed through the agent.
+        """
         self.snapshots.load(name, timeout=timeout)
+        self.commands.thaw_after_load()
 
     def delete_snapshot(self, name: str, *, timeout: float = 600.0) -> None:
         """Delete whole-machine snapshot ``name``; see :meth:`Snapshots.delete`."""

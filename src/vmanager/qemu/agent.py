@@ -50,6 +50,11 @@ MAX_FILE: Final = 64 << 20
 #: Exit status reported when a command is killed after its timeout (like the shell's).
 KILLED_STATUS: Final = 137
 _SYNC_RESEND: Final = 3.0
+# Stop a process, kill its descendants (they hold the output pipes qemu-ga waits
+# on), then the process itself; /proc/PID/task/*/children lists direct children.
+_KILL_TREE: Final = ('t() { kill -STOP "$1" 2>/dev/null; '
+                     'for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do t "$c"; done; '
+                     'kill -KILL "$1" 2>/dev/null; }; t "$1"')
 _NO_RESPONSE: Final = frozenset({"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram",
                                  "guest-suspend-hybrid"})
 
@@ -345,7 +350,8 @@ class GuestAgent:
             if time.monotonic() >= deadline and not killed:
                 self._log.warning("%s: %s still runs after %s s; killing it", self.name,
                                   argv, timeout)
-                self.call("guest-exec", {"path": "/bin/sh", "arg": ["-c", f"kill -KILL {pid}"]})
+                self.call("guest-exec", {"path": "/bin/sh", "arg": ["-c", _KILL_TREE, "sh",
+                                                                     str(pid)]})
                 killed = True
                 deadline = time.monotonic() + 10
             elif time.monotonic() >= deadline:

@@ -28,6 +28,10 @@ SHELL_PORT_NAME = "vmanager.shell"
 VSERIAL_ID = "vser0"
 #: The virtio-serial bus run-time ports are added to.
 VSERIAL_BUS = f"{VSERIAL_ID}.0"
+#: The QEMU guest agent's chardev, port device and the port name qemu-ga looks for.
+AGENT_ID = "qga0"
+AGENT_DEVICE = "qga0-port"
+AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 BALLOON_ID = "balloon0"
 TABLET_ID = "vm-tablet"
 XHCI_ID = "vm-xhci"
@@ -140,6 +144,8 @@ class MachineSpec:
     balloon: bool = True
     incoming: bool = False
     nics: tuple[NicSpec, ...] = ()
+    #: the listening socket of the guest agent's channel, or ``None`` for none
+    agent_fd: int | None = None
     extra_args: tuple[str, ...] = field(default=())
 
 
@@ -160,6 +166,10 @@ def build(spec: MachineSpec) -> list[str]:
             "-chardev", f"socket,id={SHELL_ID},fd={s.shell_fd},server=on,wait=on",
             "-device", f"virtconsole,chardev={SHELL_ID},name={SHELL_PORT_NAME},"
                        f"id={SHELL_DEVICE}"]
+    if spec.agent_fd is not None:
+        argv += ["-chardev", f"socket,id={AGENT_ID},fd={spec.agent_fd},server=on,wait=off",
+                 "-device", f"virtserialport,bus={VSERIAL_BUS},chardev={AGENT_ID},"
+                            f"name={AGENT_PORT_NAME},id={AGENT_DEVICE}"]
     if spec.monitor_port is not None:
         argv += ["-chardev", f"socket,id=hmp,host=127.0.0.1,port={spec.monitor_port},"
                              "server=on,wait=off", "-mon", "chardev=hmp,mode=readline"]

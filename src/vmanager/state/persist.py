@@ -39,7 +39,9 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
                    for_attach: bool = False) -> dict[str, Any]:
     """Keyword arguments for :class:`Machine` from a record's definition.
 
-    ``guest = "tiny"`` boots the tiny guest (built on first use). With
+    ``guest = "tiny"`` boots the tiny guest (built on first use); an image name
+    (``"debian-12"``) boots an overlay of that image (built and cached on first
+    use; the overlay, in the state directory, keeps the machine's changes). With
     ``for_attach`` nothing that is only needed to start QEMU is resolved (kernel
     files, the tiny guest), since the machine already runs.
     """
@@ -60,6 +62,14 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
         if definition.get("cd"):
             kw["cd"] = CD(definition["cd"])
     disks = []
+    guest = definition.get("guest")
+    if guest is not None and guest != "tiny":
+        disks.append(_image_overlay(name, str(guest), create=not for_attach))
+    if definition.get("guest_agent") is False:
+        kw["guest_agent"] = False
+    if definition.get("cloud_init") and not for_attach:
+        from vmanager.images.cloudinit import CloudInit
+        kw["cloud_init"] = CloudInit.from_mapping(definition["cloud_init"])
     for disk in definition.get("disks") or ():
         drive = Harddrive(disk["path"], format=disk.get("format", "qcow2"),
                           interface=disk.get("interface", "virtio"), size=disk.get("size"))
@@ -72,6 +82,20 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
     if isinstance(nics, int) and nics and not for_attach:
         kw["nics"] = nics
     return kw
+
+
+def _image_overlay(name: str, image: str, *, create: bool) -> Any:
+    """Machine ``name``'s own disk on image ``image`` (made on first use)."""
+    from vmanager import images, paths
+    from vmanager.storage import Harddrive
+    path = paths.private_dir(paths.state_dir() / "disks") / f"{name}-{image}.qcow2"
+    if not create:  # a running machine: its overlay names the image it was made on
+        return Harddrive(path, allowed_dirs=[paths.cache_dir() / "images"])
+    base = images.build(image)
+    drive = Harddrive(path, backing=base.path)
+    if not drive.exists:
+        drive.create()
+    return drive
 
 
 #: Every :class:`Machine` keeps a record now; the old name stays for callers.
