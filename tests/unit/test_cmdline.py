@@ -61,6 +61,15 @@ def test_kvm_uses_the_host_cpu_unless_a_model_is_given() -> None:
     assert _opt(cmdline.build(replace(BASE, machine_type="q35", cpus=4)), "-smp") == ["4"]
 
 
+def test_tcg_translation_buffer_goes_to_the_accelerator_object() -> None:
+    argv = cmdline.build(replace(BASE, tcg_tb_size=16))
+    assert _opt(argv, "-machine") == ["pc"]
+    assert _opt(argv, "-accel") == ["tcg,tb-size=16"]
+    # under KVM there is no translation buffer: the option is left out
+    argv = cmdline.build(replace(BASE, accel="kvm", tcg_tb_size=16))
+    assert _opt(argv, "-machine") == ["pc,accel=kvm"] and "-accel" not in argv
+
+
 def test_monitor_port_listens_on_loopback_only() -> None:
     argv = cmdline.build(replace(BASE, monitor_port=4444))
     assert "socket,id=hmp,host=127.0.0.1,port=4444,server=on,wait=off" in argv

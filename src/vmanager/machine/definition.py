@@ -30,6 +30,16 @@ def check_cpus(cpus: object) -> int:
     return cpus
 
 
+def check_tb_size(mib: object) -> int | None:
+    """A TCG translation buffer size in MiB (8 to 4096), or ``None``."""
+    if mib is None:
+        return None
+    if isinstance(mib, bool) or not isinstance(mib, int) or not 8 <= mib <= 4096:
+        raise ConfigError(f"tcg_tb_size must be a whole number of MiB from 8 to 4096 (or "
+                          f"None for QEMU's default), got {mib!r}")
+    return mib
+
+
 def check_accel(accel: object) -> str:
     """``auto``, ``kvm`` or ``tcg``."""
     if accel not in _accel.ACCEL_CHOICES:
@@ -71,6 +81,7 @@ def to_json(m: Machine) -> dict[str, Any]:
     return {
         "memory": m.memory, "cpus": m.cpus, "accel": m.accel_requested,
         "cpu_model": m.cpu_model, "machine_type": m.machine_type,
+        "tcg_tb_size": m.tcg_tb_size,
         "kernel": str(m.kernel) if m.kernel else None,
         "initrd": str(m.initrd) if m.initrd else None,
         "append": m.append, "extra_args": list(m.extra_args),
@@ -108,7 +119,7 @@ def spec(m: Machine, parts: Sequence[Part], launch: Launch, *,
                                 serial_log=str(run_dir / process.SERIAL_LOG),
                                 pidfile=str(run_dir / process.PIDFILE)),
         cpus=m.cpus, cpu_model=m.cpu_model, machine_type=m.machine_type,
-        kernel=str(m.kernel) if m.kernel else None,
+        tcg_tb_size=m.tcg_tb_size, kernel=str(m.kernel) if m.kernel else None,
         initrd=str(m.initrd) if m.initrd else None, append=m.append,
         monitor_port=m.monitor_port, extra_args=tuple(m.extra_args))
     for part in parts:

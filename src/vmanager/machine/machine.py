@@ -71,6 +71,8 @@ class Machine(SeedVerbs):
     ran for other processes (default: records in the state directory).
     ``guest_agent`` adds the QEMU guest agent's channel (:attr:`agent`);
     ``cloud_init`` (a :class:`~vmanager.CloudInit`) puts its NoCloud seed in the CD drive.
+    ``tcg_tb_size`` caps TCG's translation buffer (MiB; it counts in QEMU's memory,
+    ~50 MiB for the tiny guest at QEMU's default); ignored under KVM.
 
     The features are parts it holds: :attr:`disks`, :attr:`cdrom`,
     :attr:`network`, :attr:`ram`, :attr:`screen`, :attr:`input`,
@@ -105,6 +107,7 @@ class Machine(SeedVerbs):
         monitor_port: int | None = None,
         cpu_model: str | None = None,
         machine_type: str = "pc",
+        tcg_tb_size: int | None = None,
         qemu_binary: str | None = None,
         extra_args: Sequence[str] = (),
         recorder: Recorder | None = None,
@@ -119,6 +122,7 @@ class Machine(SeedVerbs):
         self.kernel, self.initrd, self.append = definition.check_boot(kernel, initrd, append)
         self.cpu_model = cpu_model
         self.machine_type = machine_type
+        self.tcg_tb_size = definition.check_tb_size(tcg_tb_size)
         self.qemu_binary = qemu_binary
         self.extra_args = list(extra_args)
         self.log = _log.getChild(self.name)

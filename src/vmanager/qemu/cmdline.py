@@ -131,6 +131,8 @@ class MachineSpec:
     cpus: int = 1
     cpu_model: str | None = None
     machine_type: str = "pc"
+    #: TCG's translation buffer in MiB (``-accel tcg,tb-size=``); ``None``: QEMU's default
+    tcg_tb_size: int | None = None
     kernel: str | None = None
     initrd: str | None = None
     append: str | None = None
@@ -152,8 +154,13 @@ class MachineSpec:
 def build(spec: MachineSpec) -> list[str]:
     """QEMU's argv for ``spec`` (pure: the same spec always gives the same list)."""
     s = spec.sockets
-    argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on",
-            "-machine", f"{spec.machine_type},accel={spec.accel}",
+    if spec.accel == "tcg" and spec.tcg_tb_size is not None:
+        # tb-size is an option of the accelerator object, which -machine accel= cannot take
+        machine = ["-machine", spec.machine_type,
+                   "-accel", f"tcg,tb-size={spec.tcg_tb_size}"]
+    else:
+        machine = ["-machine", f"{spec.machine_type},accel={spec.accel}"]
+    argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on", *machine,
             "-cpu", spec.cpu_model or ("host" if spec.accel == "kvm" else "max"),
             "-smp", str(spec.cpus), "-m", str(spec.memory),
             "-nodefaults", "-no-user-config", "-pidfile", s.pidfile,
