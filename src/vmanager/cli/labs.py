@@ -13,7 +13,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from vmanager import lab as labs
     from vmanager.cli.remote import read_lab
     from vmanager.lab import multi
-    lab = read_lab(args.file, args.server)
+    lab = read_lab(args.file, args.server, args.place)
     progress = Progress(quiet=args.json or args.quiet)
     up = multi.up if lab.servers and args.server is None else labs.up
     result = up(lab, step=progress.step, wait_ready=args.wait_ready, timeout=args.timeout)
@@ -44,7 +44,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from vmanager import lab as labs
     from vmanager.cli.remote import read_lab
     from vmanager.lab import multi
-    lab = read_lab(args.file, args.server)
+    lab = read_lab(args.file, args.server, args.place)
     info = multi.inspect(lab) if lab.servers and args.server is None else labs.inspect(lab)
     if args.json:
         emit_json(info)
@@ -141,6 +141,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="the lab's TOML file ('-': standard input)")
     p.add_argument("--server", metavar="NAME", help="make only the part of the lab placed "
                    "on server NAME (what a lab's orchestrating host asks each server)")
+    p.add_argument("--place", action="append", default=[], metavar="MACHINE=SERVER",
+                   help="the machine runs on SERVER now (after a migration)")
     p.add_argument("--wait-ready", action="store_true",
                    help="wait until every started machine's shell answers")
     p = add("down", cmd_down, "remove everything a lab made (machines are stopped by "
@@ -152,6 +154,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add("inspect", cmd_inspect, "show a lab's machines, addresses and state", 10.0)
     p.add_argument("file", help="the lab's TOML file ('-': standard input)")
     p.add_argument("--server", metavar="NAME", help="only the part on server NAME")
+    p.add_argument("--place", action="append", default=[], metavar="MACHINE=SERVER",
+                   help="the machine runs on SERVER now (after a migration)")
     p = add("graph", cmd_graph, "draw a lab's topology (SVG, or Mermaid text)", 10.0)
     p.add_argument("file")
     p.add_argument("-o", "--output", help="where to write (default LAB.svg; Mermaid: stdout)")

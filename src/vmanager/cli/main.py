@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     labs.add_parsers(sub, common)
     labtools.add_parsers(sub, common)
     images.add_parsers(sub, common)
+    remote.add_parsers(sub, common)
     guest = sub.add_parser("guest", help="the tiny test guest", description="the tiny test "
                            "guest: a Debian kernel and busybox, cached per user")
     gsub = guest.add_subparsers(dest="guest_command", metavar="ACTION", required=True)

@@ -25,11 +25,17 @@ FORWARDED = {"exec", "console", "screenshot", "monitor", "send-key", "type", "st
              "start", "snapshot", "freeze"}
 
 
-def read_lab(file: str, server: str | None) -> Any:
-    """The lab of ``file`` (``-``: stdin), or only the part ``server`` makes."""
+def read_lab(file: str, server: str | None, place: list[str] | None = None) -> Any:
+    """The lab of ``file`` (``-``: stdin), or only the part ``server`` makes.
+
+    ``place`` (``MACHINE=SERVER``...) says where migrated machines run now.
+    """
     from vmanager import lab as labs
+    from vmanager.lab import multi
     from vmanager.lab import servers as labservers
     lab = labs.parse(sys.stdin.read()) if file == "-" else labs.load(file)
+    if place:
+        lab = multi.apply_place(lab, place)
     if server is None:
         return lab
     if server not in {s.name for s in lab.servers}:
@@ -103,3 +109,83 @@ def screenshot_to_stdout(name: str, timeout: float, suffix: str = ".png") -> int
     sys.stdout.flush()
     os.write(sys.stdout.fileno(), data)
     return 0
+
+
+# -- migration between servers --------------------------------------------------------------
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from vmanager.cli._output import Progress, emit_json
+    from vmanager.lab import load
+    from vmanager.lab.migrate import migrate
+    lab = load(args.file)
+    progress = Progress(quiet=args.json or args.quiet)
+    with progress.step(f"migrating {args.machine} to {args.to}"):
+        report = migrate(lab, args.machine, to=args.to, timeout=args.timeout,
+                         downtime_ms=args.downtime_ms, shared_storage=args.shared_storage)
+    data = {"machine": report.machine, "from": report.source, "to": report.target,
+            "total_ms": report.total_ms, "downtime_ms": report.downtime_ms,
+            "transferred": report.transferred, "wall_s": report.wall_s}
+    if args.json:
+        emit_json(data)
+    elif not args.quiet:
+        print(f"{report.machine}: {report.source} -> {report.target} in {report.total_ms} ms "
+              f"(downtime {report.downtime_ms} ms, {report.transferred >> 20} MiB; "
+              f"{report.wall_s:.1f} s in all)")
+    return 0
+
+
+def cmd_migrate_receive(args: argparse.Namespace) -> int:
+    import json
+
+    from vmanager.cli._output import emit_json
+    from vmanager.lab.migrate_ends import receive
+    try:
+        definition = json.loads(args.definition)
+    except ValueError as exc:
+        raise ConfigError(f"--definition is not JSON: {exc}") from exc
+    if not isinstance(definition, dict):
+        raise ConfigError("--definition must be a JSON object")
+    result = receive(args.lab, args.machine, definition, stream=sys.stdin.fileno(),
+                     timeout=args.timeout)
+    emit_json(result)
+    return 0
+
+
+def cmd_migrate_send(args: argparse.Namespace) -> int:
+    from vmanager.lab.migrate_ends import send
+    out = os.dup(sys.stdout.fileno())
+    # nothing else may write to the stream: stdout becomes stderr for this process
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    send(args.machine, stream=out, control=sys.stdin, report=sys.stderr,
+         timeout=args.timeout, downtime_ms=args.downtime_ms)
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    """Register ``migrate`` and the two commands a migration runs on servers."""
+    p = sub.add_parser("migrate", parents=[common], help="move a lab machine to another "
+                       "server, live", description="move a running lab machine to another "
+                       "server of its lab, live (RAM and devices over SSH; the MAC and "
+                       "addresses stay)")
+    p.set_defaults(func=cmd_migrate)
+    p.add_argument("file", help="the lab's TOML file")
+    p.add_argument("machine")
+    p.add_argument("--to", required=True, metavar="SERVER", help="the destination server")
+    p.add_argument("--downtime-ms", type=int, default=100, metavar="MS",
+                   help="the longest pause QEMU may plan for the last copy (default 100)")
+    p.add_argument("--shared-storage", action="store_true",
+                   help="the machine's disks are on storage both servers share")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S")
+    p = sub.add_parser("migrate-receive", parents=[common], help="(run by 'migrate' on the "
+                       "destination server) take a machine's state from stdin")
+    p.set_defaults(func=cmd_migrate_receive)
+    p.add_argument("lab")
+    p.add_argument("machine")
+    p.add_argument("--definition", required=True, metavar="JSON")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S")
+    p = sub.add_parser("migrate-send", parents=[common], help="(run by 'migrate' on the "
+                       "source server) send a machine's state to stdout")
+    p.set_defaults(func=cmd_migrate_send)
+    p.add_argument("machine")
+    p.add_argument("--downtime-ms", type=int, default=100, metavar="MS")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S")

@@ -153,3 +153,11 @@ class Lab:
             if m.name == name:
                 return m
         raise KeyError(name)
+
+    def migrate(self, machine: str, *, to: str, **options: Any) -> Any:
+        """Move running ``machine`` to server ``to``, live.
+
+        See :func:`vmanager.lab.migrate.migrate` (options, errors, the report).
+        """
+        from vmanager.lab.migrate import migrate
+        return migrate(self, machine, to=to, **options)

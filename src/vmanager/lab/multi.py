@@ -16,10 +16,11 @@ re-raises: a server that cannot be reached is named in the error.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vmanager.errors import NetworkError, StateError, VmanagerError
+from vmanager.errors import ConfigError, NetworkError, StateError, VmanagerError
 from vmanager.lab import record as labrec
 from vmanager.lab import runner, servers
 from vmanager.lab.record import LabRecord
@@ -42,6 +43,49 @@ def _has_local(lab: Lab) -> bool:
     return bool(local.machines or local.routers or local.hosts or local.switches)
 
 
+def placement(lab: Lab) -> dict[str, str | None]:
+    """Where each machine runs: the lab file's ``server``, unless a migration moved it
+    (this host's lab record says so)."""
+    placed = {m.name: m.server for m in lab.machines}
+    rec = labrec.load(lab.name)
+    for item in rec.made if rec is not None else []:
+        if item["kind"] == "server":
+            for name in item.get("machines", []):
+                if name in placed:
+                    placed[name] = item["name"]
+    return placed
+
+
+def effective(lab: Lab) -> tuple[Lab, list[str]]:
+    """``lab`` with machines where they run now, and the ``--place`` arguments saying so."""
+    placed = placement(lab)
+    args: list[str] = []
+    for m in lab.machines:
+        if placed[m.name] != m.server:
+            args += ["--place", f"{m.name}={placed[m.name] or 'local'}"]
+    machines = tuple(replace(m, server=placed[m.name]) for m in lab.machines)
+    return replace(lab, machines=machines), args
+
+
+def apply_place(lab: Lab, place: list[str]) -> Lab:
+    """``lab`` with ``MACHINE=SERVER`` overrides (what ``--place`` passes to a server)."""
+    where: dict[str, str | None] = {}
+    names = {s.name for s in lab.servers}
+    for item in place:
+        machine, sep, server = item.partition("=")
+        if not sep or server not in names | {"local"}:
+            raise ConfigError(f"--place {item!r}: expected MACHINE=SERVER with a server of "
+                              f"the lab ({', '.join(sorted(names))})")
+        where[machine] = None if server == "local" else server
+    unknown = set(where) - {m.name for m in lab.machines}
+    if unknown:
+        raise ConfigError(f"--place: no machine {', '.join(sorted(unknown))} in the lab")
+    machines = tuple(replace(m, server=where.get(m.name, m.server)) for m in lab.machines)
+    placed = replace(lab, machines=machines)
+    servers.check_placement(placed)
+    return placed
+
+
 def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
        timeout: float = 300.0) -> UpResult:
     """Bring ``lab`` up on every server it uses, then the local part.
@@ -51,6 +95,7 @@ def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
         HostError: a server runs another vmanager version.
         RemoteError: a server's ``up`` failed (its own message, prefixed).
     """
+    lab, place = effective(lab)
     targets = _remote_servers(lab)
     remotes = {s.name: Remote(s) for s in targets}
     for s in targets:
@@ -62,7 +107,7 @@ def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
     try:
         for s in targets:
             _note_server(lab, s)
-            args = ["up", "-", "--server", s.name, "--timeout", str(timeout)]
+            args = ["up", "-", "--server", s.name, "--timeout", str(timeout), *place]
             if wait_ready:
                 args.append("--wait-ready")
             with step(f"server {s.name}: lab part"):
@@ -152,12 +197,13 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
 
 def inspect(lab: Lab) -> dict[str, Any]:
     """:func:`vmanager.lab.inspect` over every server: each item names its server."""
+    lab, place = effective(lab)
     info = runner.inspect(servers.part(lab, None))
     for key in ("machines", "routers", "switches", "hosts"):
         for item in info[key]:
             item["server"] = None
     for s in _remote_servers(lab):
-        part = Remote(s).call(["inspect", "-", "--server", s.name], input=lab.source,
+        part = Remote(s).call(["inspect", "-", "--server", s.name, *place], input=lab.source,
                               timeout=120)
         info["up"] = info["up"] or part["up"]
         for key in ("machines", "routers", "switches", "hosts"):

@@ -272,9 +272,10 @@ def _make_machine(rec: LabRecord, lab: Lab, spec: MachineSpec) -> None:
     detach(machine)
 
 
-def start_lab_machine(record: MachineRecord) -> PersistentMachine:
+def start_lab_machine(record: MachineRecord, *, incoming: bool = False) -> PersistentMachine:
     """Start a lab machine from its record: namespace, NICs on their switches, QEMU.
 
+    ``incoming``: QEMU waits for a migration (``-incoming defer``) instead of booting.
     The caller detaches (or stops) the returned machine. On failure nothing
     this call made is left.
     """
@@ -311,6 +312,7 @@ def start_lab_machine(record: MachineRecord) -> PersistentMachine:
                 _connect(rec, n["switch"], nic.port, vlan=n.get("vlan"), vlans=vlans)
         kwargs = machine_kwargs(record.name, record.definition)
         machine = PersistentMachine(record.name, nics=nics, **kwargs)
+        machine._incoming = incoming  # a migration destination (lab.migrate_ends)
         machine.start_vm()
     except BaseException:
         if machine is not None:
