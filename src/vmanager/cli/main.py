@@ -30,7 +30,7 @@ import sys
 from collections.abc import Sequence
 
 from vmanager import __version__
-from vmanager.cli import images, labs, labtools, machines, remote
+from vmanager.cli import export, images, labs, labtools, machines, remote
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import (
     ConfigError,
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     labtools.add_parsers(sub, common)
     images.add_parsers(sub, common)
     remote.add_parsers(sub, common)
+    export.add_parsers(sub, common)
     guest = sub.add_parser("guest", help="the tiny test guest", description="the tiny test "
                            "guest: a Debian kernel and busybox, cached per user")
     gsub = guest.add_subparsers(dest="guest_command", metavar="ACTION", required=True)
