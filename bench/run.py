@@ -42,6 +42,7 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         libvirt,
         lifecycle,
         migration,
+        multihost,
         netplumb,
         plainpc,
         screen,
@@ -60,6 +61,7 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         "migrate": ("migration", migration.migration),
         "labrollback": ("lab rollback vs cold up", labrollback.lab_rollback),
         "density": ("50 machines", density.fifty_machines),
+        "multihost": ("labs across servers", multihost.multihost),
     }
 
 

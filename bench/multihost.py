@@ -1,0 +1,108 @@
+"""Labs across servers, on two servers simulated by :mod:`vmanager.multihost`.
+
+* ``up`` of a lab whose two machines sit on two servers (one stretched switch,
+  VXLAN) beside the same lab with both machines on one server; both go over SSH,
+  so the difference is what splitting costs (a second server's SSH round trips,
+  the VXLAN ports).
+* A live migration between the servers (``lab.migrate``: state through the two
+  SSH connections) beside a local ``Machine.migrate`` of the same guest (unix
+  socket), both with a 100 ms downtime limit: QEMU's total time and downtime,
+  and the wall time of the call.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.context import Context
+from bench.core import Row, Skip, timer
+from vmanager import Machine
+from vmanager.multihost import Simulation
+
+DOWNTIME_MS = 100
+SSHD = Path("/usr/sbin/sshd")
+
+
+def _lab_text(ctx: Context, sim: Simulation, name: str, servers: tuple[str, str]) -> str:
+    g = ctx.guest
+    vm_cmd = f"{sys.executable} -m vmanager.cli.main"
+    boot = f'kernel = "{g.kernel}"\ninitrd = "{g.initrd}"\nappend = "{g.append()}"'
+    body = [f'[lab]\nname = "{name}"\n', sim.servers_toml(vmanager=vm_cmd),
+            f"[switches.sw{name[-4:]}]\n"]
+    for i, server in enumerate(servers):
+        body.append(f"[machines.{name}{'ab'[i]}]\n{boot}\nmemory = 256\nserver = "
+                    f'"{server}"\nnics = [{{ switch = "sw{name[-4:]}" }}]\n')
+    return "\n".join(body)
+
+
+def multihost(ctx: Context) -> list[Row]:
+    if not SSHD.exists():
+        raise Skip("needs Debian's openssh-server (scripts/setup installs it)")
+    if os.geteuid() != 0:
+        raise Skip("needs root (namespaces)")
+    from vmanager.lab import load, multi
+    n = ctx.reps(1, 3)
+    up_split: list[float] = []
+    up_one: list[float] = []
+    cross: list[tuple[float, float, float]] = []
+    local: list[tuple[float, float, float]] = []
+    state = tempfile.mkdtemp(prefix="bench-mh-state-", dir=ctx.work)
+    old = os.environ.get("VMANAGER_STATE_DIR")
+    os.environ["VMANAGER_STATE_DIR"] = state  # the orchestrator's lab records
+    try:
+        with Simulation(2, base_dir=ctx.work / "multihost") as sim:
+            for i in range(n):
+                for servers, into in ((("s1", "s2"), up_split), (("s1", "s1"), up_one)):
+                    name = f"bmh{i}{servers[1]}{os.getpid() % 100:02d}"
+                    path = ctx.work / f"{name}.toml"
+                    path.write_text(_lab_text(ctx, sim, name, servers))
+                    lab = load(path)
+                    try:
+                        with timer() as t:
+                            multi.up(lab, wait_ready=True)
+                        into.append(t())
+                        if servers == ("s1", "s2"):
+                            with timer() as t:
+                                report = lab.migrate(f"{name}a", to="s2",
+                                                     downtime_ms=DOWNTIME_MS)
+                            cross.append((float(report.total_ms),
+                                          float(report.downtime_ms or 0), t()))
+                    finally:
+                        multi.down(lab.name)
+                local.append(_local_once(ctx))
+    finally:
+        if old is None:
+            os.environ.pop("VMANAGER_STATE_DIR", None)
+        else:
+            os.environ["VMANAGER_STATE_DIR"] = old
+    up = Row("lab up, 2 machines on 2 servers", "s", baseline_name="same lab on 1 server",
+             note="both over SSH to simulated servers; --wait-ready; one stretched switch")
+    up.pair(up_split, up_one)
+    total = Row("migration total across servers (QEMU)", "ms", baseline_name="local migrate")
+    total.pair([c[0] for c in cross], [c[0] for c in local])
+    down = Row("migration downtime across servers", "ms", baseline_name="local migrate",
+               note=f"256 MiB tiny guest, downtime-limit {DOWNTIME_MS} ms; goal <= 100 ms")
+    down.pair([c[1] for c in cross], [c[1] for c in local])
+    wall = Row("lab.migrate wall time", "s", baseline_name="local migrate() wall",
+               note="across: preparing the destination over SSH included")
+    wall.pair([c[2] for c in cross], [c[2] for c in local])
+    return [up, total, down, wall]
+
+
+def _local_once(ctx: Context) -> tuple[float, float, float]:
+    args = ctx.machine_args("bench-mh")
+    src = Machine("bench-mh-a", **args)
+    dst = Machine("bench-mh-b", **args)
+    try:
+        src.start_vm()
+        src.wait_ready()
+        with timer() as t:
+            result = src.migrate(dst, downtime_ms=DOWNTIME_MS)
+        return float(result.total_ms), float(result.downtime_ms or 0), t()
+    finally:
+        src.kill()
+        dst.kill()
+
