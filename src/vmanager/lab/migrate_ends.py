@@ -111,6 +111,7 @@ def receive(lab_name: str, machine: str, definition: dict[str, Any], *, stream: 
             thread = threading.Thread(target=feed, name="vmanager-migrate-in", daemon=True)
             thread.start()
             status = _wait_incoming(m, timeout)
+        m.migration.settle()  # the guest runs: its shell will not greet again
         detach(m)
         m = None
         return {"machine": machine, "status": status}

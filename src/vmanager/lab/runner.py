@@ -312,7 +312,7 @@ def start_lab_machine(record: MachineRecord, *, incoming: bool = False) -> Persi
                 _connect(rec, n["switch"], nic.port, vlan=n.get("vlan"), vlans=vlans)
         kwargs = machine_kwargs(record.name, record.definition)
         machine = PersistentMachine(record.name, nics=nics, **kwargs)
-        machine._incoming = incoming  # a migration destination (lab.migrate_ends)
+        machine.migration.incoming = incoming  # a migration destination (lab.migrate_ends)
         machine.start_vm()
     except BaseException:
         if machine is not None:
