@@ -44,9 +44,15 @@ def links() -> set[str]:
 
 
 def mine(names: set[str], n: dict[str, str]) -> set[str]:
-    """Of ``names``, those this test's lab made (other tests may run alongside)."""
+    """Of ``names``, those this test's lab made (other tests may run alongside).
+
+    A lab machine's NIC port is named after its stable MAC (``vn`` + the MAC's last
+    four bytes), so it is told apart from other tests' NICs exactly.
+    """
+    from vmanager.net import stable_mac
     tag = n["lab"][1:]
-    return {x for x in names if tag in x or x.startswith("vn")}
+    ports = {"vn" + stable_mac(n["m"], i).replace(":", "")[4:] for i in range(4)}
+    return {x for x in names if tag in x or x in ports}
 
 
 def lab_file(tmp_path: Path, body: str) -> tuple[str, Path, dict[str, str]]:
