@@ -158,8 +158,8 @@ class Machine(SeedVerbs):
     def _parts(self) -> list[Part]:
         """Every part in launch order; teardown walks it backwards.
 
-        Argv order follows it too: display, disks, CD, memory, NICs. The boot
-        order comes after the devices it numbers.
+        The boot order comes after the devices it numbers (it sets their
+        ``bootindex`` in the spec); the argv's own order is :func:`cmdline.build`'s.
         """
         return [self.shell, self.agent, self.commands, self.screen, self.input, self.disks,
                 self.seed, self.cdrom, self.ram, self.migration, self.network, self.boot,

@@ -78,8 +78,10 @@ def rows(slots: Iterable[Slot]) -> list[dict[str, Any]]:
 
 
 def from_rows(items: Iterable[Mapping[str, Any]]) -> list[Slot]:
-    """Slots for the NICs another process made: its own NICs are adopted (closed here
-    when unplugged or at stop); NICs its starter passed in stay theirs.
+    """Slots for the NICs of a machine another process started.
+
+    NICs the machine made are adopted (closed here when unplugged or at stop);
+    NICs its starter passed in stay theirs.
     """
     from vmanager.net import VirtualNic
     from vmanager.net import adopt as net_adopt
@@ -91,8 +93,10 @@ def from_rows(items: Iterable[Mapping[str, Any]]) -> list[Slot]:
                              model=item.get("model", "virtio-net-pci"), mtu=item.get("mtu"),
                              create=False)
             owned = bool(item.get("owned"))
-            if owned or net_adopt.link_exists(nic.port):
+            if owned:
                 net_adopt.adopt_nic(nic)
+            # else the NIC belongs to whoever passed it in (a lab record, a script): it
+            # stays a description of their kernel objects, which this process never removes
             slots.append(Slot(nic, int(item["index"]), owned=owned))
     except BaseException:
         for slot in slots:

@@ -150,8 +150,13 @@ def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
             history = (run_dir / "serial0.log").read_bytes()
         except OSError:
             history = b""
+        parts = dict(runtime.parts)
+        nics = record.definition.get("nics")
+        if "nics" not in parts and isinstance(nics, int) and nics and record.lab is None:
+            # a record written before parts were recorded: its namespace is the machine's
+            parts["nics"] = {"namespace": True, "slots": []}
         run = RunInfo(name=name, pid=runtime.pid, argv=runtime.argv, run_dir=runtime.run_dir,
-                      accel=runtime.accel, definition=record.definition, parts=runtime.parts)
+                      accel=runtime.accel, definition=record.definition, parts=parts)
         machine.reconnect(run, proc, timeout=timeout, history=history,
                           started=time.monotonic() - (time.time() - runtime.started))
         return machine
