@@ -62,7 +62,8 @@ def run(argv: Sequence[str], *, timeout: float, what: str | None = None,
     except OSError as exc:
         raise HostError(f"cannot run {args[0]!r}: {exc.strerror or exc}") from exc
     except subprocess.TimeoutExpired as exc:
-        raise error(f"{name} timed out after {timeout:g} s", argv=args, returncode=None,
+        raise error(f"{name} timed out: it did not finish within {timeout:g} s", argv=args,
+                    returncode=None,
                     stdout=_text(exc.stdout), stderr=_text(exc.stderr)) from exc
     if proc.returncode not in ok:
         raise error(f"{name} failed (exit status {proc.returncode})", argv=args,

@@ -18,6 +18,7 @@ from vmanager.errors import ConfigError, NotFoundError, QemuError, QMPError
 from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
 from vmanager.machine.state import Chardev
+from vmanager.qemu import cmdline
 from vmanager.qemu.cmdline import VSERIAL_BUS
 from vmanager.qemu.qmp import map_qmp_errors
 
@@ -78,7 +79,8 @@ class Chardevs(Part):
 def _free_id(m: MachineView, made: dict[str, Chardev]) -> str:
     """``vmchN`` that neither this part nor QEMU uses (another process may have made some)."""
     taken = set(made) | {str(c.get("label")) for c in m.qmp("query-chardev")}
-    return next(f"vmch{n}" for n in range(1, len(taken) + 2) if f"vmch{n}" not in taken)
+    return next(cmdline.chardev_id(n) for n in range(1, len(taken) + 2)
+                if cmdline.chardev_id(n) not in taken)
 
 
 def _create(m: MachineView, made: dict[str, Chardev], kind: str, *, path: Path | None,
@@ -121,7 +123,7 @@ def _create(m: MachineView, made: dict[str, Chardev], kind: str, *, path: Path |
         made_path = Path(str(result["pty"]))
     device_id: str | None = None
     if port_name is not None:
-        device_id = f"{ident}-port"
+        device_id = cmdline.port_id(ident)
         with map_qmp_errors(f"{m.name}: adding serial port {port_name} failed"):
             try:
                 m.qmp("device_add", {"driver": "virtserialport", "bus": VSERIAL_BUS,

@@ -26,10 +26,18 @@ class ScreenVerbs:
         """The display adapter (QEMU ``-vga`` model); see :meth:`configure_screen`."""
         return self.screen.vga
 
+    @vga.setter
+    def vga(self, model: str) -> None:
+        self.screen.configure(vga=model)
+
     @property
     def tablet(self) -> Tablet:
         """The pointer device: ``"virtio"``, ``"usb"`` or ``None``."""
         return self.screen.tablet
+
+    @tablet.setter
+    def tablet(self, kind: Tablet) -> None:
+        self.screen.configure(tablet=kind)
 
     @property
     def screenshot_dir(self) -> Path:

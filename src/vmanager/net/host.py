@@ -13,12 +13,11 @@ import ipaddress
 import logging
 import os
 import socket
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vmanager import validate
+from vmanager import hostcmd, validate
 from vmanager.errors import CommandError, ConfigError, HostError
 from vmanager.net._netlink import attr, kernel_call, require, rtnl
 from vmanager.net._nsexec import in_netns
@@ -65,19 +64,8 @@ def sys_command(argv: Sequence[str], *, timeout: float = 60.0, check: bool = Tru
         raise ConfigError("sys_command needs a non-empty argv")
     full = in_netns(args, netns)
     log.debug("running %s%s", args, f" in namespace {netns}" if netns else "")
-    try:
-        proc = subprocess.run(full, input=input, capture_output=True, text=True,
-                              timeout=timeout, check=False,
-                              stdin=None if input is not None else subprocess.DEVNULL)
-    except FileNotFoundError as exc:
-        raise HostError(f"cannot run {args[0]!r}: program not found") from exc
-    except PermissionError as exc:
-        raise HostError(f"cannot run {args[0]!r}: {exc.strerror}") from exc
-    except subprocess.TimeoutExpired as exc:
-        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
-        raise CommandError(f"{args[0]} did not finish within {timeout} s", argv=args,
-                           returncode=None, stdout=out, stderr=err) from exc
+    # every exit status is an answer here; ``check`` decides below, with the user's argv
+    proc = hostcmd.run(full, input=input, timeout=timeout, what=args[0], ok=range(-255, 256))
     if netns is not None and proc.returncode == 127 and "No such file" in proc.stderr:
         raise HostError(f"cannot run {args[0]!r}: program not found")
     result = CommandResult(tuple(args), proc.returncode, proc.stdout, proc.stderr)

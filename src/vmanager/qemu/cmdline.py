@@ -71,6 +71,16 @@ def dimm_number(device_id: str) -> int | None:
     return int(rest) if rest != device_id and rest.isdigit() else None
 
 
+def chardev_id(n: int) -> str:
+    """The ``n``-th chardev added at run time (``vmch{n}``)."""
+    return f"vmch{n}"
+
+
+def port_id(chardev: str) -> str:
+    """The ``virtserialport`` device id of a run-time chardev."""
+    return f"{chardev}-port"
+
+
 def cd_medium_node(n: int) -> str:
     """Node name of the ``n``-th medium put into CD drive 0 at run time."""
     return f"{cd_id(0)}-m{n}"
