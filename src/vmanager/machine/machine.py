@@ -139,18 +139,29 @@ class Machine(SeedVerbs):
         view = View(self)
         # -- the parts, in the order the Machine walks them ---------------------------------
         self.shell = GuestShell(view, Console(f"{self.name}/hvc0", logger=self.log))
+        """The guest's backdoor shell (``execute``, ``succeed``...)."""
         self.ram = Memory(view, memory)
+        """RAM: DIMM hot-plug, the balloon, memory dumps."""
         self.screen = Screen(view)
+        """The display: screenshots, waits for text or images, VNC."""
         self.input = Input(view, self.screen.screen_size)
+        """Keyboard and tablet."""
         self.disks = Disks(view, harddrives)
+        """The harddrives; ``resize``."""
         self.cdrom = CdDrive(view, cd, user=self)
+        """The CD drive: ``eject``, ``change``."""
         self.network = Nics(view, nics)
+        """The NICs and the machine's namespace: ``add``, ``remove``, ``set_link``."""
         self.migration = Migration(view, self._settled)
+        """Live migration and saved state."""
         self.boot = BootOrder(view, disks=self.disks, cdrom=self.cdrom, nics=self.network,
                               direct_kernel=lambda: self.kernel is not None,
                               incoming=lambda: self.migration.incoming)
+        """The firmware boot order."""
         self.snapshots = Snapshots(view, self.disks)
+        """Whole-machine snapshots: ``m.snapshots()`` lists them; ``save``, ``load``, ``delete``."""
         self.chardevs = Chardevs(view)
+        """Run-time chardevs: ``m.chardevs()`` lists them; ``create``, ``remove``."""
         self.agent = AgentChannel(view, enabled=guest_agent)
         self.commands = GuestCommands(view, self.shell, self.agent)
         self.seed = CloudInitSeed(view, cloud_init, self.cdrom)
