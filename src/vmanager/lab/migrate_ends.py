@@ -238,7 +238,9 @@ def _wait_outgoing(m: Any, timeout: float) -> dict[str, Any]:
     while True:
         info: dict[str, Any] = m.qmp("query-migrate")
         status = info.get("status")
-        if status == "completed":
+        # QEMU sets "completed" a moment before it fills in total-time and downtime
+        if status == "completed" and (info.get("total-time") or
+                                      time.monotonic() > deadline):
             return info
         if status in ("failed", "cancelled"):
             raise QemuError(f"{m.name}: migration {status}: {info.get('error-desc', status)}; "
