@@ -12,9 +12,7 @@ delegates to the parts (:mod:`vmanager.machine.verbs`).
 from __future__ import annotations
 
 import logging
-import os
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -22,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from vmanager import paths, validate
 from vmanager.errors import StateError
-from vmanager.machine import definition, process, reattach
+from vmanager.machine import definition, process, reattach, start
 from vmanager.machine import recorder as recording
 from vmanager.machine.agent import AgentChannel, GuestCommands
 from vmanager.machine.base import State
@@ -41,7 +39,6 @@ from vmanager.machine.shell import GuestShell
 from vmanager.machine.snapshots import Snapshots
 from vmanager.machine.verbs import SeedVerbs
 from vmanager.machine.view import View
-from vmanager.qemu import accel as _accel
 from vmanager.qemu import cmdline, launch
 from vmanager.qemu.chardev import Console
 from vmanager.qemu.qmp import Monitor
@@ -221,58 +218,7 @@ class Machine(SeedVerbs):
         QEMU is missing, :class:`QemuStartError` (with QEMU's log tail) when QEMU
         exits or does not answer; nothing is left behind on failure.
         """
-        if self._detached:
-            raise StateError(f"machine {self.name!r} was detached from this process; "
-                             "attach to it instead", state="detached")
-        if self.is_alive():
-            raise StateError(f"machine {self.name!r} is already running (pid {self.pid})",
-                             state=self.state, required=State.DEFINED)
-        if self.state == State.STOPPED:
-            self._cleanup()
-        qemu = launch.find_qemu(self.qemu_binary)
-        self.accel = _accel.choose(self.accel_requested, qemu)
-        run_dir = self.run_dir
-        work = Launch(run_dir=run_dir, accel=self.accel)
-        listeners = []
-        try:
-            self._recorder.claim(self.name)
-            self._recording = True
-            listeners = process.open_run_dir(self.name, run_dir)
-            self._owns_run_dir = True
-            self.log.info("starting with %s", self.accel)
-            work.pass_fds.extend(s.fileno() for s in listeners)
-            if self.monitor_port is not None:
-                self.log.warning("monitor_port %d: a human monitor listens on 127.0.0.1; "
-                                 "any local user can reach it and control QEMU as %s",
-                                 self.monitor_port, "root")
-            for part in self._parts():
-                part.prepare(work)
-            self.argv = cmdline.build(self.spec(work, qemu=qemu))
-            self.shell.started_at = time.monotonic()
-            self._proc = process.spawn(self.name, self.argv, run_dir=run_dir,
-                                       pass_fds=work.pass_fds, log=self.log)
-            self.shell.launched(greeted=False)
-            self._monitor = process.connect(
-                self.name, self._proc, self.argv, run_dir=run_dir, console=self.console,
-                shell_console=self.shell.console, timeout=timeout, log=self.log)
-        except BaseException:
-            self._kill_process()
-            work.undo.unwind()
-            self._cleanup()
-            raise
-        finally:
-            for s in listeners:
-                s.close()
-            for fd in work.owned_fds:
-                os.close(fd)
-        self.state = State.RUNNING
-        try:
-            for part in self._parts():
-                part.after_launch()
-            self._recorder.started(self.run_info())
-        except BaseException:
-            self.kill()
-            raise
+        start.start(self, timeout=timeout)
 
     def run_info(self) -> RunInfo:
         """What this machine runs, for its recorder (argv, process, every part's runtime)."""
