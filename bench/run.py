@@ -45,6 +45,7 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         multihost,
         netplumb,
         plainpc,
+        realos,
         screen,
         snapshot,
         stop,
@@ -62,6 +63,8 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         "labrollback": ("lab rollback vs cold up", labrollback.lab_rollback),
         "density": ("50 machines", density.fifty_machines),
         "multihost": ("labs across servers", multihost.multihost),
+        "realos": ("Debian 12: boot to agent, ACPI power-off", realos.boot_and_poweroff),
+        "realos-build": ("Debian 12 image build", realos.build),
     }
 
 

@@ -29,3 +29,13 @@ def test_debian_lab_machine_gets_an_overlay_and_a_seed(debian_image: images.Imag
     again = machine_kwargs("deb1", spec.definition())
     assert again["harddrives"][0].path == disk.path   # the same disk on the next start
     disk.path.unlink()
+
+
+def test_cloud_init_and_cd_exclude_each_other() -> None:
+    from vmanager import CloudInit
+    from vmanager.errors import ConfigError
+    with CloudInit(hostname="x").seed() as cd, \
+            pytest.raises(ConfigError, match="cd or cloud_init"):
+        Machine("ci1", cd=cd, cloud_init=CloudInit(hostname="y"))
+    with pytest.raises(ConfigError, match="CloudInit"):
+        Machine("ci1", cloud_init={"hostname": "y"})  # type: ignore[arg-type]

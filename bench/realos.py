@@ -1,0 +1,161 @@
+"""A real Debian 12 guest: image build, boot until the guest agent answers, ACPI power-off.
+
+Each row is measured beside the same work done by hand:
+
+* **build**: ``images.build(rebuild=True)`` in a private cache vs the ``mmdebstrap``
+  run alone with the same package set (the rest of the build is vmanager's
+  overhead: configuring the tree, the disk, GRUB, qcow2). Minutes per sample,
+  so it runs with ``--full`` or ``--only realos-build``.
+* **boot**: ``Machine.start_vm()`` + ``wait_ready()`` (which here means the guest
+  agent answers) vs the same argv started by hand, polling the agent's socket
+  with ``guest-sync-delimited`` in a plain loop. Every sample boots a fresh
+  overlay with the same cloud-init seed, so each is a first boot.
+* **power-off**: ``Machine.shutdown()`` vs QMP ``system_powerdown`` + ``wait()``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from bench.context import Context
+from bench.core import Row, Skip, timer
+from bench.rawqemu import RawQemu
+from vmanager import CloudInit, Harddrive, Machine, images
+from vmanager.storage import CD
+
+
+def _raw_agent_wait(sock_path: Path, timeout: float) -> None:
+    """Poll the agent like a plain script would: connect, sync, wait for the answer."""
+    deadline = time.monotonic() + timeout
+    ident = 4242
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(str(sock_path))
+        buf = b""
+        while time.monotonic() < deadline:
+            s.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited",
+                                            "arguments": {"id": ident}}).encode() + b"\n")
+            s.settimeout(3)
+            try:
+                while True:
+                    buf += s.recv(65536)
+                    if b"\xff" in buf:
+                        tail = buf[buf.rindex(b"\xff") + 1:]
+                        if b"\n" in tail and json.loads(tail.split(b"\n")[0]).get(
+                                "return") == ident:
+                            return
+            except TimeoutError:
+                continue
+    raise TimeoutError("the guest agent did not answer")
+
+
+def _fresh_overlay(path: Path, base: Path) -> Harddrive:
+    path.unlink(missing_ok=True)
+    disk = Harddrive(path, backing=base)
+    disk.create()
+    return disk
+
+
+def boot_and_poweroff(ctx: Context) -> list[Row]:
+    """Boot the Debian image to the agent answering, then ACPI power-off; both by hand too."""
+    if os.geteuid() != 0:
+        raise Skip("building the Debian image needs root")
+    base = images.build("debian-12").path
+    work = ctx.work / "realos"
+    work.mkdir(exist_ok=True)
+    seed = CloudInit(hostname="bench", users=["bench"], password="bench").seed(
+        output=work / "seed.iso")
+    disk_path = work / "deb.qcow2"
+    n = ctx.reps(1, 3)
+    boot_vm: list[float] = []
+    boot_raw: list[float] = []
+    off_vm: list[float] = []
+    off_raw: list[float] = []
+    probe = Machine("bench-deb", memory=1024, harddrives=_fresh_overlay(disk_path, base),
+                    cd=CD(seed.path), accel=ctx.accel)  # type: ignore[arg-type]
+    try:
+        probe.start_vm()
+        argv = list(probe.argv)
+    finally:
+        probe.kill()
+    for i in range(n):
+        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
+            disk = _fresh_overlay(disk_path, base)
+            if which == 0:
+                m = Machine("bench-deb", memory=1024, harddrives=disk, cd=CD(seed.path),
+                            accel=ctx.accel)  # type: ignore[arg-type]
+                try:
+                    with timer() as t:
+                        m.start_vm()
+                        m.wait_ready(600)
+                    with timer() as t2:
+                        m.shutdown(timeout=120)
+                finally:
+                    m.kill()
+                boot_vm.append(t())
+                off_vm.append(t2())
+                continue
+            with RawQemu(argv, work / "raw") as q:
+                with timer() as t:
+                    q.launch()
+                    _raw_agent_wait(work / "raw" / "qga0.sock", 600)
+                boot_raw.append(t())
+                assert q.proc is not None
+                with timer() as t2:
+                    q.qmp("system_powerdown")
+                    q.proc.wait(120)
+                off_raw.append(t2())
+    boot = Row("Debian 12 boot until the guest agent answers (first boot, cloud-init seed)",
+               "s", baseline_name="same argv, agent socket polled by hand")
+    boot.pair(boot_vm, boot_raw)
+    boot.note = (f"TCG, 1 vCPU, 1 GiB; {'KVM' if ctx.accel == 'kvm' else 'no KVM'}; the image "
+                 "boots from its own disk (GRUB under SeaBIOS)")
+    off = Row("Debian 12 ACPI power-off (systemd)", "s",
+              baseline_name="QMP system_powerdown + wait", goal="seconds")
+    off.pair(off_vm, off_raw)
+    assert off.value is not None
+    off.met = off.value.max < 30
+    return [boot, off]
+
+
+def build(ctx: Context) -> list[Row]:
+    """A cold image build vs mmdebstrap alone (the download and install it wraps)."""
+    if os.geteuid() != 0:
+        raise Skip("building the Debian image needs root")
+    if not ctx.full and os.environ.get("VMANAGER_BENCH_BUILD") != "1":
+        raise Skip("a cold build takes minutes; run with --full (or VMANAGER_BENCH_BUILD=1)")
+    from vmanager.images import debian
+    old = os.environ.get("VMANAGER_CACHE_DIR")
+    cache = Path(tempfile.mkdtemp(prefix="bench-img-", dir=ctx.work))
+    os.environ["VMANAGER_CACHE_DIR"] = str(cache)
+    try:
+        with timer() as t:
+            image = images.build("debian-12", rebuild=True)
+        size = image.path.stat().st_size
+    finally:
+        if old is None:
+            del os.environ["VMANAGER_CACHE_DIR"]
+        else:
+            os.environ["VMANAGER_CACHE_DIR"] = old
+        subprocess.run(["rm", "-rf", "--one-file-system", str(cache)], check=False)
+    target = ctx.work / "mmdebstrap-root"
+    try:
+        with timer() as t2:
+            subprocess.run(["unshare", "--mount", "--propagation", "private", "--pid",
+                            "--fork", "--kill-child", "mmdebstrap", "--mode=root",
+                            "--variant=apt", "-q",
+                            "--include=" + ",".join(debian.BASE_PACKAGES),
+                            "bookworm", str(target)],
+                           check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    finally:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(target)], check=False)
+    row = Row("Debian 12 image build, cold (download, install, disk, GRUB, qcow2)", "s",
+              baseline_name="mmdebstrap alone, same packages")
+    row.pair([t()], [t2()])
+    row.note = f"image file {size >> 20} MiB (4 GiB virtual); network-bound"
+    return [row]
