@@ -231,7 +231,10 @@ def _run_outgoing(m: Migratable, uri: str, *, progress: ProgressCallback | None,
                                            remaining=int(ram.get("remaining", 0)),
                                            total=int(ram.get("total", 0)),
                                            dirty_rate=int(ram.get("dirty-pages-rate", 0))))
-            if status == "completed":
+            # QEMU reports "completed" a moment before it fills in total-time and
+            # downtime (both 0 until then): poll once more rather than report 0 ms
+            if status == "completed" and (info.get("total-time") or
+                                          time.monotonic() > deadline):
                 return MigrationResult(target=target, total_ms=int(info.get("total-time", 0)),
                                        downtime_ms=info.get("downtime"),
                                        transferred=int(ram.get("transferred", 0)))
