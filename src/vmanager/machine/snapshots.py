@@ -19,6 +19,7 @@ cover it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,6 +81,9 @@ class Snapshots(Part):
             raise StateError(f"machine {self._vm.name!r} is running; stop it before deleting "
                              "its state disk", state=state, required=State.DEFINED)
         self.state_disk.unlink(missing_ok=True)
+        # the machine's directory goes too once nothing else is in it
+        with contextlib.suppress(OSError):
+            self.state_disk.parent.rmdir()
 
     def _nodes(self, *, create: bool) -> list[str]:
         """Nodes a whole-machine snapshot covers, the vmstate node first; [] if none yet."""
