@@ -5,7 +5,7 @@
 """
 
 from vmanager.lab.graph import dot, mermaid, svg
-from vmanager.lab.runner import UpResult, down, inspect, start_lab_machine, up
+from vmanager.lab.runner import UpResult, down, start_lab_machine, up
 from vmanager.lab.spec import (
     DiskSpec,
     HostSpec,
@@ -17,6 +17,7 @@ from vmanager.lab.spec import (
     load,
     parse,
 )
+from vmanager.lab.status import inspect
 
 __all__ = [
     "DiskSpec", "HostSpec", "Lab", "MachineSpec", "NicSpec", "RouterSpec", "SwitchSpec",

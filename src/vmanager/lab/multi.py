@@ -22,7 +22,7 @@ from typing import Any
 
 from vmanager.errors import ConfigError, NetworkError, StateError, VmanagerError
 from vmanager.lab import record as labrec
-from vmanager.lab import runner, servers
+from vmanager.lab import runner, servers, status
 from vmanager.lab.record import LabRecord
 from vmanager.lab.remote import Remote
 from vmanager.lab.runner import Step, UpResult, _no_progress
@@ -198,7 +198,7 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
 def inspect(lab: Lab) -> dict[str, Any]:
     """:func:`vmanager.lab.inspect` over every server: each item names its server."""
     lab, place = effective(lab)
-    info = runner.inspect(servers.part(lab, None))
+    info = status.inspect(servers.part(lab, None))
     for key in ("machines", "routers", "switches", "hosts"):
         for item in info[key]:
             item["server"] = None

@@ -29,9 +29,10 @@ from vmanager.errors import (
     StateError,
     VmanagerError,
 )
+from vmanager.lab import _objects
 from vmanager.lab import record as labrec
 from vmanager.lab.record import LabRecord
-from vmanager.lab.spec import HostSpec, Lab, MachineSpec, RouterSpec, SwitchSpec
+from vmanager.lab.spec import Lab, MachineSpec
 from vmanager.net import adopt as _net
 from vmanager.net import batch_removal, impair
 from vmanager.net.impair import Impairment
@@ -85,14 +86,14 @@ def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
         kept: list[str] = []
         try:
             for host in lab.hosts:
-                _ensure(rec, "host", host.name, functools.partial(_make_host, rec, host),
+                _ensure(rec, "host", host.name, functools.partial(_objects.make_host, rec, host),
                         _host_present, made, kept, step)
             for sw in lab.switches:
-                _ensure(rec, "switch", sw.name, functools.partial(_make_switch, rec, sw),
+                _ensure(rec, "switch", sw.name, functools.partial(_objects.make_switch, rec, sw),
                         _switch_present, made, kept, step)
             for router in lab.routers:
                 _ensure(rec, "router", router.name,
-                        functools.partial(_make_router, rec, lab, router), _router_present,
+                        functools.partial(_objects.make_router, rec, lab, router), _router_present,
                         made, kept, step)
             started = []
             for m in lab.machines:
@@ -156,106 +157,12 @@ def _router_present(item: dict[str, Any]) -> bool:
     if not _net.link_exists(item["lan_port"]):
         return False
     ident = item.get("dnsmasq")
-    return ident is None or _identity(ident).check() is Liveness.RUNNING
+    return ident is None or _objects.identity(ident).check() is Liveness.RUNNING
 
 
 def _machine_present(item: dict[str, Any]) -> bool:
     rec = records.find(item["name"])
     return rec is not None and records.liveness(rec) is Liveness.RUNNING
-
-
-def _make_host(rec: LabRecord, host: HostSpec) -> None:
-    from vmanager.net import Interface, Namespace, VirtualNic
-    ns = Namespace(host.name)
-    rec.put({"kind": "host", "name": host.name, "port": host.port})
-    # tap mode leaves a bridge (PORTb) in the namespace that the host's stack can use
-    nic = VirtualNic(host.port, namespace=host.name, mode="tap")
-    bridge = nic.tap_bridge
-    assert bridge is not None
-    inner = Interface(bridge, netns=host.name)
-    if host.address:
-        inner.add_address(host.address)
-    inner.up()
-    Interface("lo", netns=host.name).up()
-    _net.forget(nic)
-    _net.forget(ns)
-
-
-def _make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
-    from vmanager.net import Switch
-    if sw.address is not None:
-        _require_unrouted(sw.name, sw.address)
-    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering, mtu=sw.mtu)
-    vxlan = sw.stretch.ifname if sw.stretch else None
-    rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
-             "vxlan": vxlan, "mtu": sw.mtu, "address": sw.address})
-    if sw.address is not None:
-        from vmanager.net import Interface
-        Interface(sw.name).add_address(sw.address)
-    _net.forget(switch)
-    if sw.stretch is not None:  # one bridge per server, joined by VXLAN (lab.servers)
-        from vmanager.lab.servers import make_stretch
-        make_stretch(sw.name, sw.stretch)
-
-
-def _require_unrouted(switch: str, address: str) -> None:
-    """Refuse a host address whose network the host already routes somewhere."""
-    import ipaddress
-
-    from vmanager.net import routes
-    network = ipaddress.ip_interface(address).network
-    for route in routes():
-        dst = route.destination
-        if dst.version == 4 and dst.prefixlen > 0 and dst.overlaps(network):
-            raise ConfigError(f"switch {switch!r}: the host already routes {dst} (via "
-                              f"{route.ifname or route.gateway}), which overlaps {network}; "
-                              "choose another subnet")
-
-
-def _trunk_ifname(lab: Lab, router: RouterSpec) -> str:
-    for host in lab.hosts:
-        if host.name == router.trunk:
-            return host.port
-    return router.trunk
-
-
-def _make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
-    from vmanager.net import Router
-    kwargs: dict[str, Any] = {}
-    if spec.mode == "nat":
-        kwargs = {"subnet": spec.subnet, "trunk_address": spec.trunk_address,
-                  "gateway": spec.gateway, "dhcp": spec.dhcp, "dns": spec.dns,
-                  "dhcp_hosts": dict(spec.dhcp_hosts)}
-    router = Router(spec.name, trunk=_trunk_ifname(lab, spec), mode=spec.mode,  # type: ignore[arg-type]
-                    **kwargs)
-    try:
-        pid = router.dnsmasq_pid
-        ident = ProcessIdentity.of(pid) if pid is not None else None
-        rec.put({"kind": "router", "name": spec.name, "mode": spec.mode,
-                 "lan_port": router.lan_port, "namespace": router.namespace,
-                 "run_dir": str(router.run_dir) if router.run_dir else None,
-                 "subnet": str(router.subnet) if router.subnet else None,
-                 "address": str(router.address) if router.address else None,
-                 "dnsmasq": _identity_json(ident) if ident else None})
-        if spec.switch is not None:
-            _connect(rec, spec.switch, router.lan_port)
-    except BaseException:
-        router.close()
-        raise
-    _net.forget(router)
-    proc = getattr(router, "_process", None)
-    if proc is not None:
-        proc.returncode = 0  # it runs on; keeps Popen.__del__ quiet
-
-
-def _connect(rec: LabRecord, switch: str, port: str, *, vlan: int | None = None,
-             vlans: list[int] | None = None) -> None:
-    item = rec.find("switch", switch)
-    sw = _net.adopt_switch(switch, vlan_filtering=bool(item and item.get("vlan_filtering")))
-    try:
-        sw.connect(port, vlan=vlan, vlans=vlans)
-    finally:
-        _net.forget(sw)
 
 
 def _make_machine(rec: LabRecord, lab: Lab, spec: MachineSpec) -> None:
@@ -309,7 +216,7 @@ def start_lab_machine(record: MachineRecord, *, incoming: bool = False) -> Persi
                 impair.apply(nic.sink, nic.namespace, Impairment(**n["impair"]))
             if n.get("switch"):
                 vlans = n.get("vlans") or None
-                _connect(rec, n["switch"], nic.port, vlan=n.get("vlan"), vlans=vlans)
+                _objects.connect(rec, n["switch"], nic.port, vlan=n.get("vlan"), vlans=vlans)
         kwargs = machine_kwargs(record.name, record.definition)
         machine = PersistentMachine(record.name, nics=nics, **kwargs)
         machine.migration.incoming = incoming  # a migration destination (lab.migrate_ends)
@@ -382,7 +289,7 @@ def _remove(item: dict[str, Any], *, timeout: float = 30.0, graceful: bool = Fal
     elif kind == "router":
         ident = item.get("dnsmasq")
         if ident is not None:
-            _stop_process(_identity(ident))
+            _stop_process(_objects.identity(ident))
         if item.get("namespace"):
             _net.remove_namespace(item["namespace"])
         _net.remove_link(item["lan_port"])
@@ -441,53 +348,3 @@ def _stop_process(ident: ProcessIdentity) -> None:
         proc.wait(5.0)
     finally:
         proc.close()
-
-
-def _identity_json(ident: ProcessIdentity) -> dict[str, Any]:
-    return {"pid": ident.pid, "argv": list(ident.argv), "starttime": ident.starttime}
-
-
-def _identity(data: dict[str, Any]) -> ProcessIdentity:
-    return ProcessIdentity(int(data["pid"]), tuple(data["argv"]), int(data["starttime"]))
-
-
-# -- inspect ----------------------------------------------------------------------------
-
-def inspect(lab: Lab) -> dict[str, Any]:
-    """The lab's objects with their state; machines with MACs and DHCP addresses."""
-    rec = labrec.load(lab.name)
-    leases: dict[str, str] = {}
-    routers = []
-    for r in lab.routers:
-        item = rec.find("router", r.name) if rec else None
-        present = item is not None and _router_present(item)
-        if item and item.get("run_dir"):
-            with contextlib.suppress(OSError):
-                for line in (Path(item["run_dir"]) / "leases").read_text().splitlines():
-                    f = line.split()
-                    if len(f) >= 3:
-                        leases[f[1].lower()] = f[2]
-        routers.append({"name": r.name, "mode": r.mode, "state": "up" if present else "down",
-                        "address": item.get("address") if item else None,
-                        "subnet": item.get("subnet") if item else None,
-                        "switch": r.switch})
-    from vmanager.net import stable_mac
-    machines = []
-    for m in lab.machines:
-        mrec = records.find(m.name)
-        st = records.status(mrec) if mrec else None
-        nics = []
-        for i, n in enumerate(m.nics):
-            mac = n.mac or stable_mac(m.name, i)
-            nics.append({"index": i, "mac": mac, "switch": n.switch, "vlan": n.vlan,
-                         "address": leases.get(mac.lower())})
-        machines.append({"name": m.name, "state": st.state if st else "absent",
-                         "pid": st.pid if st else None, "detail": st.detail if st else "",
-                         "nics": nics})
-    switches = [{"name": s.name, "vlan_filtering": s.vlan_filtering,
-                 "state": "up" if _net.link_exists(s.name) else "down"} for s in lab.switches]
-    hosts = [{"name": h.name, "port": h.port, "address": h.address,
-              "state": "up" if _net.namespace_exists(h.name) else "down"} for h in lab.hosts]
-    return {"lab": lab.name, "file": str(lab.path), "up": rec is not None,
-            "changed": rec is not None and rec.digest != lab.digest, "hosts": hosts,
-            "switches": switches, "routers": routers, "machines": machines}

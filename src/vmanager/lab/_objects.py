@@ -1,0 +1,113 @@
+"""Making a lab's hosts, switches and routers, each recorded as soon as it exists."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vmanager.errors import ConfigError
+from vmanager.lab.record import LabRecord
+from vmanager.lab.spec import HostSpec, Lab, RouterSpec, SwitchSpec
+from vmanager.net import adopt as _net
+from vmanager.state.process import ProcessIdentity
+
+
+def make_host(rec: LabRecord, host: HostSpec) -> None:
+    from vmanager.net import Interface, Namespace, VirtualNic
+    ns = Namespace(host.name)
+    rec.put({"kind": "host", "name": host.name, "port": host.port})
+    # tap mode leaves a bridge (PORTb) in the namespace that the host's stack can use
+    nic = VirtualNic(host.port, namespace=host.name, mode="tap")
+    bridge = nic.tap_bridge
+    assert bridge is not None
+    inner = Interface(bridge, netns=host.name)
+    if host.address:
+        inner.add_address(host.address)
+    inner.up()
+    Interface("lo", netns=host.name).up()
+    _net.forget(nic)
+    _net.forget(ns)
+
+
+def make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
+    from vmanager.net import Switch
+    if sw.address is not None:
+        _require_unrouted(sw.name, sw.address)
+    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering, mtu=sw.mtu)
+    vxlan = sw.stretch.ifname if sw.stretch else None
+    rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
+             "vxlan": vxlan, "mtu": sw.mtu, "address": sw.address})
+    if sw.address is not None:
+        from vmanager.net import Interface
+        Interface(sw.name).add_address(sw.address)
+    _net.forget(switch)
+    if sw.stretch is not None:  # one bridge per server, joined by VXLAN (lab.servers)
+        from vmanager.lab.servers import make_stretch
+        make_stretch(sw.name, sw.stretch)
+
+
+def _require_unrouted(switch: str, address: str) -> None:
+    """Refuse a host address whose network the host already routes somewhere."""
+    import ipaddress
+
+    from vmanager.net import routes
+    network = ipaddress.ip_interface(address).network
+    for route in routes():
+        dst = route.destination
+        if dst.version == 4 and dst.prefixlen > 0 and dst.overlaps(network):
+            raise ConfigError(f"switch {switch!r}: the host already routes {dst} (via "
+                              f"{route.ifname or route.gateway}), which overlaps {network}; "
+                              "choose another subnet")
+
+
+def _trunk_ifname(lab: Lab, router: RouterSpec) -> str:
+    for host in lab.hosts:
+        if host.name == router.trunk:
+            return host.port
+    return router.trunk
+
+
+def make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
+    from vmanager.net import Router
+    kwargs: dict[str, Any] = {}
+    if spec.mode == "nat":
+        kwargs = {"subnet": spec.subnet, "trunk_address": spec.trunk_address,
+                  "gateway": spec.gateway, "dhcp": spec.dhcp, "dns": spec.dns,
+                  "dhcp_hosts": dict(spec.dhcp_hosts)}
+    router = Router(spec.name, trunk=_trunk_ifname(lab, spec), mode=spec.mode,  # type: ignore[arg-type]
+                    **kwargs)
+    try:
+        pid = router.dnsmasq_pid
+        ident = ProcessIdentity.of(pid) if pid is not None else None
+        rec.put({"kind": "router", "name": spec.name, "mode": spec.mode,
+                 "lan_port": router.lan_port, "namespace": router.namespace,
+                 "run_dir": str(router.run_dir) if router.run_dir else None,
+                 "subnet": str(router.subnet) if router.subnet else None,
+                 "address": str(router.address) if router.address else None,
+                 "dnsmasq": identity_json(ident) if ident else None})
+        if spec.switch is not None:
+            connect(rec, spec.switch, router.lan_port)
+    except BaseException:
+        router.close()
+        raise
+    _net.forget(router)
+    proc = getattr(router, "_process", None)
+    if proc is not None:
+        proc.returncode = 0  # it runs on; keeps Popen.__del__ quiet
+
+
+def connect(rec: LabRecord, switch: str, port: str, *, vlan: int | None = None,
+             vlans: list[int] | None = None) -> None:
+    item = rec.find("switch", switch)
+    sw = _net.adopt_switch(switch, vlan_filtering=bool(item and item.get("vlan_filtering")))
+    try:
+        sw.connect(port, vlan=vlan, vlans=vlans)
+    finally:
+        _net.forget(sw)
+
+
+def identity_json(ident: ProcessIdentity) -> dict[str, Any]:
+    return {"pid": ident.pid, "argv": list(ident.argv), "starttime": ident.starttime}
+
+
+def identity(data: dict[str, Any]) -> ProcessIdentity:
+    return ProcessIdentity(int(data["pid"]), tuple(data["argv"]), int(data["starttime"]))
