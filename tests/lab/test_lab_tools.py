@@ -128,7 +128,7 @@ def test_capture_on_a_machine_nic_sees_the_guests_frames(lab: Lab, tmp_path: Pat
     a, _b, _c = lab.machines
     out = tmp_path / "a.pcap"
     proc = subprocess.Popen([sys.executable, "-m", "vmanager.cli.main", "capture",
-                             str(lab.path), f"{a}:0", "-w", str(out), "-c", "4"],
+                             str(lab.path), f"{a}:0", "-w", str(out), "-c", "4", "-f", "icmp"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(150):  # started once tcpdump wrote its file header
@@ -136,9 +136,13 @@ def test_capture_on_a_machine_nic_sees_the_guests_frames(lab: Lab, tmp_path: Pat
                 break
             time.sleep(0.1)
         # the running capture shows on the topology picture's edge
-        graph = ok("graph", str(lab.path), "--dot")
+        for _ in range(50):  # the command notes its capture right after tcpdump starts
+            graph = ok("graph", str(lab.path), "--dot")
+            if "[capturing]" in graph:
+                break
+            time.sleep(0.2)
         assert "[capturing]" in graph and "#c0392b" in graph, graph
-        lab.run(a, "ping -c 4 -s 3000 10.93.0.3")
+        lab.run(a, "ping -c 2 -s 3000 10.93.0.3")
         _, err = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
@@ -150,9 +154,10 @@ def test_capture_on_a_machine_nic_sees_the_guests_frames(lab: Lab, tmp_path: Pat
     text = subprocess.run(["tcpdump", "-n", "-r", str(out)], capture_output=True, text=True,
                           check=True).stdout
     lines = text.splitlines()
-    assert len(lines) == 4, text
-    assert any("10.93.0.1 > 10.93.0.3: ICMP echo request" in ln and "length 3008" in ln
-               for ln in lines), text
+    assert len(lines) == 4, text  # the filter kept ARP and IPv6 router solicitations out
+    assert sum("10.93.0.1 > 10.93.0.3: ICMP echo request" in ln and "length 3008" in ln
+               for ln in lines) == 2, text
+    assert sum("10.93.0.3 > 10.93.0.1: ICMP echo reply" in ln for ln in lines) == 2, text
 
 
 def test_capture_streams_pcap_to_stdout(lab: Lab) -> None:
@@ -234,3 +239,27 @@ def test_lab_file_impair_and_mtu_are_validated_with_line_and_field(tmp_path: Pat
                         'impair = { rate = "1mbit" }\n', path=tmp_path / "y.toml")
     assert linked.machines[0].nics[0].mtu == 4000
     assert linked.machines[0].nics[0].impair.rate_bit == 10**6
+
+
+def test_down_ends_running_captures_first(lab: Lab, tmp_path: Path) -> None:
+    from vmanager.lab import tools
+    b = lab.names["b"]
+    out = tmp_path / "long.pcap"
+    proc = subprocess.Popen([sys.executable, "-m", "vmanager.cli.main", "capture",
+                             str(lab.path), f"{b}:0", "-w", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            if f"{b}:0" in tools.active_captures(lab.names["lab"]):
+                break
+            time.sleep(0.1)
+        # what down() does first: a running tcpdump would hold b's namespace
+        assert tools.stop_captures(lab.names["lab"]) == [f"{b}:0"]
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and "frames captured" in err, err
+    assert out.read_bytes()[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4")
+    assert tools.active_captures(lab.names["lab"]) == {}

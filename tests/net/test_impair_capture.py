@@ -150,7 +150,7 @@ def test_capture_writes_a_private_pcap_that_tcpdump_reads(pair: Any, tmp_path: P
 def test_capture_stops_by_itself_after_count_frames(pair: Any, tmp_path: Path) -> None:
     a, _b, nsa, _nsb = pair
     out = tmp_path / "c.pcap"
-    cap = Capture(a.sink, netns=a.namespace, path=out, count=2).start()
+    cap = Capture(a.sink, netns=a.namespace, path=out, count=2, filter="icmp").start()
     try:
         assert ping(nsa, "10.77.0.2", count=3)
         assert cap.wait(10)
@@ -160,6 +160,7 @@ def test_capture_stops_by_itself_after_count_frames(pair: Any, tmp_path: Path) -
     text = subprocess.run(["tcpdump", "-n", "-r", str(out)], capture_output=True,
                           text=True, check=True).stdout
     assert len(text.splitlines()) == 2, text
+    assert all("ICMP echo" in line for line in text.splitlines()), text
 
 
 def test_capture_refuses_a_file_of_another_user_and_bad_counts(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     out: Any = sys.stdout.buffer if to_stdout else args.write
     if to_stdout:
         sys.stdout.flush()
-    cap = tools.capture(lab, args.target, out, count=args.count, duration=args.duration)
+    cap = tools.capture(lab, args.target, out, count=args.count, duration=args.duration,
+                        filter=args.filter)
     with _sigterm_interrupts():
         try:
             cap.start()
@@ -159,6 +160,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="the pcap file (made 0600); '-' streams to stdout")
     p.add_argument("-c", "--count", type=int, help="stop after this many frames")
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    p.add_argument("-f", "--filter", metavar="EXPR",
+                   help="a tcpdump filter expression, e.g. 'icmp or arp'")
     p = add("checkpoint", cmd_checkpoint, "save every machine of a lab at one moment "
             "(paused together), or --delete a checkpoint")
     p.add_argument("name")

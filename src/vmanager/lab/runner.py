@@ -249,6 +249,9 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
     """
     removed: list[str] = []
     with locked("lab", name, timeout=timeout):
+        from vmanager.lab import tools
+        for target in tools.stop_captures(name):
+            log.info("lab %s: stopped the capture on %s", name, target)
         rec = labrec.load(name)
         if rec is None:
             return removed

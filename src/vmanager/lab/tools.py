@@ -115,7 +115,8 @@ def nic_impairment(lab: Lab, target: str) -> Impairment:
 
 
 def capture(lab: Lab, target: str, path: str | os.PathLike[str] | IO[bytes], *,
-            count: int | None = None, duration: float | None = None) -> Capture:
+            count: int | None = None, duration: float | None = None,
+            filter: str | None = None) -> Capture:
     """A (not yet started) :class:`~vmanager.net.capture.Capture` on ``target``."""
     from vmanager.net.capture import Capture
     port = resolve(lab, target)
@@ -124,7 +125,8 @@ def capture(lab: Lab, target: str, path: str | os.PathLike[str] | IO[bytes], *,
         if not namespace_exists(port.machine):
             raise NotFoundError(f"machine {port.machine!r} of lab {lab.name!r} is not "
                                 "running")
-    return Capture(port.ifname, netns=port.netns, path=path, count=count, duration=duration)
+    return Capture(port.ifname, netns=port.netns, path=path, count=count, duration=duration,
+                   filter=filter)
 
 
 def _captures_dir(lab: str) -> Path:
@@ -163,3 +165,33 @@ def active_captures(lab: str) -> dict[str, dict[str, Any]]:
             continue
         found[str(data["target"])] = data
     return found
+
+
+def stop_captures(lab: str, *, timeout: float = 5.0) -> list[str]:
+    """End every capture running on lab ``lab`` (before ``down``); returns their targets.
+
+    A running tcpdump holds its namespace, so the lab's links would outlive
+    ``down``. Each gets SIGTERM (the ``vmanager capture`` that started it then
+    finishes its file and exits); only processes registered here, whose command
+    line is still tcpdump's, are signalled.
+    """
+    import signal
+    import time
+    stopped = []
+    for target, data in active_captures(lab).items():
+        pid = int(data["pid"])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _running(pid):
+            time.sleep(0.05)
+        stopped.append(target)
+    return stopped
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False

@@ -87,6 +87,8 @@ class Capture:
     """tcpdump on ``ifname`` (in ``netns``) writing pcap to ``path`` (``"-"``: stdout).
 
     Use as a context manager, or :meth:`start` then :meth:`stop`/:meth:`wait`.
+    ``filter`` is a tcpdump expression (``"icmp"``, ``"port 53"``); ``count``
+    counts the frames that match it.
     ``frames`` is what tcpdump counted once it stopped.
 
     Raises:
@@ -96,7 +98,8 @@ class Capture:
 
     def __init__(self, ifname: str, *, netns: str | None = None,
                  path: str | os.PathLike[str] | IO[bytes], count: int | None = None,
-                 duration: float | None = None, snaplen: int = 262144) -> None:
+                 duration: float | None = None, snaplen: int = 262144,
+                 filter: str | None = None) -> None:
         self.ifname = validate.ifname(ifname, what="capture interface")
         self.netns = netns
         if count is not None and (isinstance(count, bool) or not isinstance(count, int)
@@ -105,6 +108,11 @@ class Capture:
         if duration is not None and (isinstance(duration, bool) or not duration > 0):
             raise ConfigError(f"duration: must be a positive number of seconds, not "
                               f"{duration!r}")
+        if filter is not None and (not isinstance(filter, str) or "\0" in filter
+                                   or len(filter) > 4096):
+            raise ConfigError(f"filter: must be a tcpdump filter expression, not {filter!r}")
+        #: a tcpdump (pcap-filter) expression such as ``"icmp or arp"``; ``None``: all
+        self.filter = filter
         self.count = count
         self.duration = float(duration) if duration is not None else None
         self.snaplen = snaplen
@@ -137,6 +145,8 @@ class Capture:
                 "-s", str(self.snaplen)]
         if self.count is not None:
             argv += ["-c", str(self.count)]
+        if self.filter:
+            argv += ["--", self.filter]  # one argument: tcpdump joins and parses it
         if isinstance(self.path, (str, os.PathLike)) and os.fspath(self.path) != "-":
             out_fd = open_output(self.path)
             close_out = True

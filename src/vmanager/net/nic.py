@@ -428,16 +428,17 @@ class VirtualNic(Resource):
         _impair.clear(self.sink, self.namespace)
 
     def capture(self, path: str | os.PathLike[str], *, count: int | None = None,
-                duration: float | None = None) -> Capture:
+                duration: float | None = None, filter: str | None = None) -> Capture:
         """Capture this NIC's frames, both ways, into a pcap file (a context manager).
 
         ``with nic.capture("a.pcap"):`` records until the block ends (or after
-        ``count`` frames, or ``duration`` seconds); see :mod:`vmanager.net.capture`.
+        ``count`` frames, or ``duration`` seconds; ``filter`` is a tcpdump
+        expression); see :mod:`vmanager.net.capture`.
         """
         from vmanager.net.capture import Capture
         self._require_created("capture on")
         return Capture(self.sink, netns=self.namespace, path=path, count=count,
-                       duration=duration)
+                       duration=duration, filter=filter)
 
     def qemu_args(self, fd: int, *, index: int) -> list[str]:
         """``-netdev``/``-device`` arguments for QEMU using descriptor ``fd``."""
