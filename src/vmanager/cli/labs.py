@@ -144,7 +144,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--place", action="append", default=[], metavar="MACHINE=SERVER",
                    help="the machine runs on SERVER now (after a migration)")
     p.add_argument("--wait-ready", action="store_true",
-                   help="wait until every started machine's shell answers")
+                   help="wait until every started machine's backdoor shell or guest agent "
+                   "answers")
     p = add("down", cmd_down, "remove everything a lab made (machines are stopped by "
             "force: QMP quit, then SIGKILL)", 60.0)
     p.add_argument("file", help="the lab's TOML file, or its name")

@@ -372,7 +372,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
             "this command exits", timeout=120.0)
     p.add_argument("name")
     p.add_argument("--wait-ready", action="store_true",
-                   help="wait until the guest's backdoor shell answers")
+                   help="wait until the guest's backdoor shell or guest agent answers")
     p = add("stop", cmd_stop, "stop a machine by force (QMP quit, which flushes its disks, "
             "then SIGKILL); --graceful powers it off through ACPI instead")
     p.add_argument("name")
@@ -397,8 +397,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", action="store_true", help="non-interactive even on a terminal")
     p.add_argument("--wait", type=float, default=1.0, metavar="S",
                    help="batch mode: stop after S seconds without output (default 1)")
-    p = add("exec", cmd_exec, "run a shell command in the guest's backdoor shell; exits "
-            "with the command's status", timeout=60.0)
+    p = add("exec", cmd_exec, "run a shell command in the guest (its backdoor shell, or "
+            "else the QEMU guest agent); exits with the command's status", timeout=60.0)
     p.add_argument("name")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --, if it "
                    "has options)")
