@@ -116,3 +116,29 @@ def test_ssh_argv_checks_host_keys_and_quotes_the_remote_command() -> None:
     import shlex
     assert shlex.split(argv[-1]) == ["/opt/vm/bin/vmanager", "--verbose", "exec", "b", "--",
                                      "echo 'a b'; rm -rf /"]
+
+
+def test_place_moves_a_machine_between_parts() -> None:
+    from vmanager.lab.multi import apply_place
+    moved = apply_place(lab(), ["a=s2"])  # type: ignore[arg-type]
+    assert [m.name for m in part(moved, "s2").machines] == ["a", "b"]
+    assert part(moved, "s1").machines == ()
+    assert stretched(moved) == {}  # lan is used on s2 only now
+    for bad, message in ((["a"], "MACHINE=SERVER"), (["a=s9"], "MACHINE=SERVER"),
+                         (["zz=s1"], "no machine zz")):
+        with pytest.raises(ConfigError, match=message):
+            apply_place(lab(), bad)  # type: ignore[arg-type]
+
+
+def test_migrate_refuses_bad_requests_before_reaching_any_server(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VMANAGER_STATE_DIR", str(tmp_path / "state"))
+    from vmanager.errors import NotFoundError
+    from vmanager.lab.migrate import migrate
+    parsed = lab()
+    with pytest.raises(ConfigError, match="no machine 'zz'"):
+        migrate(parsed, "zz", to="s2")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no server 's9'"):
+        migrate(parsed, "a", to="s9")  # type: ignore[arg-type]
+    with pytest.raises(NotFoundError, match="runs on no server"):
+        migrate(parsed, "a", to="s2")  # type: ignore[arg-type]  # the lab is not up
