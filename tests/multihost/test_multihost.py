@@ -53,8 +53,8 @@ def sim(tiny: TinyGuest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         assert simulation.leftovers() == {}, "processes left on the servers"
 
 
-def two_server_lab(sim: Simulation, tmp_path: Path, *,
-                   extra: str = "") -> tuple[Path, dict[str, str]]:
+def two_server_lab(sim: Simulation, tmp_path: Path, *, extra: str = "",
+                   disk_a: Path | None = None) -> tuple[Path, dict[str, str]]:
     # The tiny guest this host built, by path: the servers (namespaces without a
     # route out) could not fetch Debian packages to build one themselves.
     from vmanager.guests import tiny_guest
@@ -74,6 +74,7 @@ name = "{n['lab']}"
 {boot}
 memory = 256
 server = "s1"
+{f'disks = [{{ path = "{disk_a}", size = "32M" }}]' if disk_a else ""}
 nics = [{{ switch = "{n['sw']}" }}]
 
 [machines.{n['b']}]
@@ -170,16 +171,21 @@ def test_a_failure_on_the_second_server_rolls_back_the_first(
 def test_a_machine_migrates_to_the_other_server_and_back_keeping_its_state(
         sim: Simulation, tmp_path: Path) -> None:
     from vmanager.lab import load
-    lab, n = two_server_lab(sim, tmp_path)
+    # a's disk is on storage both servers see at the same path (one filesystem here)
+    lab, n = two_server_lab(sim, tmp_path, disk_a=tmp_path / "a-data.qcow2")
     a, b = n["a"], n["b"]
     try:
         ok("up", str(lab), "--wait-ready")
         ok("exec", a, "--", "ip addr add 10.77.0.1/24 dev eth0 && ip link set eth0 up")
         ok("exec", b, "--", "ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up")
         ok("exec", a, "--", "echo kept-$((6*7)) > /tmp/mark")
+        ok("exec", a, "--", "echo on-disk | dd of=/dev/vda bs=512 count=1 conv=fsync")
+        refused = vm("migrate", str(lab), a, "--to", "s2")  # disks, and not said shared
+        assert refused.returncode == 6 and "shared" in refused.stderr
         mac = ok("exec", a, "--", "cat /sys/class/net/eth0/address").strip()
         boot_id = ok("exec", a, "--", "cat /proc/sys/kernel/random/boot_id").strip()
-        report = json.loads(ok("--json", "migrate", str(lab), a, "--to", "s2"))
+        report = json.loads(ok("--json", "migrate", str(lab), a, "--to", "s2",
+                                  "--shared-storage"))
         assert (report["from"], report["to"]) == ("s1", "s2")
         assert report["total_ms"] > 0 and report["downtime_ms"] > 0
         assert report["transferred"] > 0
@@ -188,6 +194,8 @@ def test_a_machine_migrates_to_the_other_server_and_back_keeping_its_state(
         assert sorted(m["name"] for m in remote_json(sim, "s2", "list")) == sorted([a, b])
         # the same running kernel (not a reboot), its RAM, its MAC and its address
         assert ok("exec", a, "--", "cat /tmp/mark").strip() == "kept-42"
+        assert ok("exec", a, "--", "head -c 7 /dev/vda").strip() == "on-disk"
+        ok("exec", a, "--", "echo written-on-s2 | dd of=/dev/vda bs=512 seek=1 conv=fsync")
         assert ok("exec", a, "--", "cat /proc/sys/kernel/random/boot_id").strip() == boot_id
         assert ok("exec", a, "--", "cat /sys/class/net/eth0/address").strip() == mac
         assert " 0% packet loss" in ok("exec", b, "--", "ping -c 2 -W 3 10.77.0.1")
@@ -195,11 +203,12 @@ def test_a_machine_migrates_to_the_other_server_and_back_keeping_its_state(
         assert {m["name"]: m["server"] for m in info["machines"]} == {a: "s2", b: "s2"}
         assert json.loads(ok("--json", "up", str(lab)))["made"] == []  # follows the move
         # and back with the Python API; b (on s2) reaches it across the VXLAN again
-        back = load(lab).migrate(a, to="s1")
+        back = load(lab).migrate(a, to="s1", shared_storage=True)
         assert (back.source, back.target) == ("s2", "s1")
         assert back.total_ms > 0 and back.downtime_ms is not None and back.downtime_ms > 0
         assert [m["name"] for m in remote_json(sim, "s1", "list")] == [a]
         assert ok("exec", a, "--", "cat /tmp/mark").strip() == "kept-42"
+        assert "written-on-s2" in ok("exec", a, "--", "dd if=/dev/vda bs=512 skip=1 count=1")
         assert " 0% packet loss" in ok("exec", b, "--", "ping -c 2 -W 3 10.77.0.1")
         print(f"\nmigration s1->s2: total {report['total_ms']} ms, downtime "
               f"{report['downtime_ms']} ms, wall {report['wall_s']} s; back: total "
