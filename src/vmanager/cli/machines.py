@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import re
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vmanager import state
+from vmanager.cli import console
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import ConfigError, ShutdownTimeout, StateError
 from vmanager.state import records
@@ -234,11 +232,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     with attached(args.name, args.timeout) as m:
         action = args.action
         if action == "list":
-            lister = getattr(m, "snapshots", None)
-            if callable(lister):
-                snaps = [str(getattr(s, "name", s)) for s in lister()]
-            else:
-                snaps = _parse_info_snapshots(m.monitor("info snapshots"))
+            snaps = [s.name for s in m.snapshots()]
             if args.json:
                 emit_json(snaps)
             else:
@@ -246,28 +240,15 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             return 0
         if not args.snap:
             raise ConfigError(f"snapshot {action} needs a snapshot name")
-        method = {"save": "snapshot", "load": "load_snapshot",
-                  "delete": "delete_snapshot"}[action]
-        call = getattr(m, method, None)
-        if callable(call):
-            call(args.snap)
+        if action == "save":
+            m.snapshots.save(args.snap)
+        elif action == "load":
+            m.snapshots.load(args.snap)
         else:
-            hmp = {"save": "savevm", "load": "loadvm", "delete": "delvm"}[action]
-            out = m.monitor(f"{hmp} {args.snap}").strip()
-            if out:
-                raise StateError(f"{hmp} {args.snap}: {out}")
+            m.snapshots.delete(args.snap)
     _say(args, {"name": args.name, "action": action, "snapshot": args.snap},
          f"{args.name}: {action} {args.snap}")
     return 0
-
-
-def _parse_info_snapshots(text: str) -> list[str]:
-    names = []
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) >= 2 and re.fullmatch(r"\d+|--", fields[0]) and fields[1] != "TAG":
-            names.append(fields[1])
-    return names
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -276,57 +257,8 @@ def cmd_console(args: argparse.Namespace) -> int:
             sys.stdout.write(m.console.read())
             return 0
         if sys.stdin.isatty() and not args.batch:
-            return _interactive(m)
-        return _batch(m, args.wait)
-
-
-def _batch(m: PersistentMachine, wait: float) -> int:
-    """Feed stdin to the console; print what it prints until ``wait`` s of quiet."""
-    start = len(m.console.read_bytes())
-    data = sys.stdin.buffer.read()
-    if data:
-        m.console.write(data)
-    last, seen = time.monotonic(), start
-    while time.monotonic() - last < wait:
-        time.sleep(0.05)
-        now = len(m.console.read_bytes())
-        if now != seen:
-            seen, last = now, time.monotonic()
-    sys.stdout.buffer.write(m.console.read_bytes()[start:])
-    sys.stdout.flush()
-    return 0
-
-
-def _interactive(m: PersistentMachine) -> int:
-    import select
-    import termios
-    import tty
-    fd = sys.stdin.fileno()
-    saved = termios.tcgetattr(fd)
-    print(f"connected to {m.name}'s serial console; Ctrl-] leaves", file=sys.stderr)
-    pos = len(m.console.read_bytes())
-    out = sys.stdout.buffer
-    try:
-        tty.setraw(fd)
-        while True:
-            data = m.console.read_bytes()
-            if len(data) > pos:
-                out.write(data[pos:])
-                out.flush()
-                pos = len(data)
-            ready, _, _ = select.select([fd], [], [], 0.05)
-            if ready:
-                chunk = os.read(fd, 1024)
-                if not chunk or ESCAPE in chunk:
-                    before = chunk.split(ESCAPE, 1)[0]
-                    if before:
-                        m.console.write(before)
-                    break
-                m.console.write(chunk)
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-    print(f"\r\nleft {m.name}'s console (it keeps running)", file=sys.stderr)
-    return 0
+            return console.interactive(m, escape=ESCAPE)
+        return console.batch(m, args.wait)
 
 
 def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
