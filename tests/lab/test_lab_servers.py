@@ -92,6 +92,11 @@ def test_bad_servers_are_refused_by_field(change: tuple[str, str], message: str)
         lab(LAB.replace(*change, 1))
 
 
+def test_a_vlan_aware_switch_across_servers_is_refused() -> None:
+    with pytest.raises(LabFileError, match="VLANs across servers are not supported"):
+        lab(LAB.replace("[switches.lan]", "[switches.lan]\nvlan_filtering = true", 1))
+
+
 def test_a_switch_on_the_local_host_and_a_server_is_refused() -> None:
     text = LAB.replace('server = "s2"\n', "", 1)
     with pytest.raises(LabFileError, match="used on the local host and on servers"):

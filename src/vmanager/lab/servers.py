@@ -230,8 +230,9 @@ def check_placement(lab: Any) -> None:
 
     Raises:
         LabFileError: a stretched switch spans the local host (it has no
-            address on the underlay) or a server without ``address``; a router's
-            trunk host is on another server; two switches share a VNI.
+            address on the underlay) or a server without ``address``, or is
+            VLAN-aware; a router's trunk host is on another server; two switches
+            share a VNI.
     """
     servers = {s.name: s for s in lab.servers}
     vnis: dict[int, str] = {}
@@ -248,6 +249,12 @@ def check_placement(lab: Any) -> None:
                                    "host is not an IP address)", path=str(lab.path),
                                    field=f"servers.{place}")
         spec = next(s for s in lab.switches if s.name == sw)
+        if spec.vlan_filtering:
+            raise LabFileError(f"switch {sw!r} is VLAN-aware and used on servers "
+                               f"{', '.join(str(p) for p in where)}: VLANs across servers are "
+                               "not supported yet (its VXLAN port would have to be a trunk of "
+                               "every VLAN); keep a VLAN-aware switch on one server",
+                               path=str(lab.path), field=f"switches.{sw}.vlan_filtering")
         vni = vni_of(lab.name, sw, spec.vni)
         if vni in vnis:
             raise LabFileError(f"switches {vnis[vni]!r} and {sw!r} have the same VNI {vni}; "
