@@ -37,6 +37,7 @@ Bench = Callable[[Context], list[Row]]
 
 def _benchmarks() -> dict[str, tuple[str, Bench]]:
     from bench import (
+        console,
         density,
         labrollback,
         libvirt,
@@ -62,6 +63,7 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         "migrate": ("migration", migration.migration),
         "labrollback": ("lab rollback vs cold up", labrollback.lab_rollback),
         "density": ("50 machines", density.fifty_machines),
+        "console": ("console throughput", console.console_throughput),
         "multihost": ("labs across servers", multihost.multihost),
         "realos": ("Debian 12: boot to agent, ACPI power-off", realos.boot_and_poweroff),
         "realos-build": ("Debian 12 image build", realos.build),
