@@ -57,6 +57,7 @@ nics = [{{ switch = "{sw}", impair = {{ rate = "500mbit" }} }}]
 guest = "tiny"
 memory = 128
 nics = [{{ switch = "{sw}" }}]
+disks = [{{ path = "{b}.qcow2", size = "16M" }}]
 
 [machines.{c}]
 guest = "tiny"
@@ -194,8 +195,12 @@ def test_impair_cli_sets_shows_and_clears_a_rate(lab: Lab) -> None:
 
 
 def test_checkpoint_and_rollback_restore_every_machines_ram(lab: Lab) -> None:
+    b = lab.names["b"]
+    disk = "dd of=/dev/vda bs=512 seek=64 oflag=direct conv=notrunc,sync 2>/dev/null"
+    read = "dd if=/dev/vda bs=512 skip=64 count=1 iflag=direct 2>/dev/null | head -c 12"
     for m in lab.machines:
         lab.run(m, f"echo before-{m} > /root/state")
+    lab.run(b, f"printf disk-before | {disk}")
     made = json.loads(ok("checkpoint", str(lab.path), "c1", "--json"))
     assert made["machines"] == lab.machines and made["seconds"] > 0
     listed = json.loads(ok("checkpoints", str(lab.path), "--json"))
@@ -204,8 +209,12 @@ def test_checkpoint_and_rollback_restore_every_machines_ram(lab: Lab) -> None:
     assert again.returncode == 6 and "already has a checkpoint" in again.stderr
     for m in lab.machines:
         lab.run(m, f"echo after-{m} > /root/state; touch /root/later")
+    lab.run(b, f"printf disk-after_ | {disk}")
+    assert lab.run(b, read).startswith("disk-after_")
     text = ok("rollback", str(lab.path), "c1")
     assert re.search(r"rolled back to c1 \(3 machines\) in [0-9.]+ s", text), text
+    # the disk is back too (read past the page cache)
+    assert lab.run(b, read).startswith("disk-before"), lab.run(b, read)
     for m in lab.machines:
         assert lab.run(m, "cat /root/state").strip() == f"before-{m}", m
         assert lab.run(m, "ls /root/later 2>/dev/null || echo gone").strip() == "gone", m
