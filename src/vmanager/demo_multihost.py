@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from vmanager.errors import VmanagerError
+from vmanager.guests import TinyGuest
 from vmanager.multihost import Simulation
 
 VMANAGER = [sys.executable, "-m", "vmanager.cli.main"]
@@ -53,15 +54,26 @@ def lab_text(sim: Simulation, name: str, kernel: Path, initrd: Path, append: str
 def run(out: Path) -> int:
     """Run the demo, writing the lab file into ``out``; 0 when every step worked."""
     from vmanager.guests import tiny_guest
-    from vmanager.lab import load, multi
     guest = tiny_guest()
     name = f"mh{secrets.token_hex(2)}"
     a, b = f"{name}-a", f"{name}-b"
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("VMANAGER_STATE_DIR", tempfile.mkdtemp(prefix="vmanager-demo-"))
     t0 = time.monotonic()
     problems: list[str] = []
-    with Simulation(2, base_dir=Path(tempfile.mkdtemp(prefix="vmanager-sim-"))) as sim:
+    # the keys, the servers' state and this host's lab record live only as long as the demo
+    with tempfile.TemporaryDirectory(prefix="vmanager-sim-") as tmp:
+        os.environ.setdefault("VMANAGER_STATE_DIR", str(Path(tmp) / "orchestrator"))
+        problems = _run(out, Path(tmp) / "servers", name, a, b, guest)
+    print(f"total {time.monotonic() - t0:.1f} s")
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def _run(out: Path, base: Path, name: str, a: str, b: str, guest: TinyGuest) -> list[str]:
+    from vmanager.lab import load, multi
+    problems: list[str] = []
+    with Simulation(2, base_dir=base) as sim:
         for s in sim.servers:
             print(f"server {s.name}: namespace {s.netns}, sshd on {s.address}:22")
         path = out / "multihost-lab.toml"
@@ -101,10 +113,7 @@ def run(out: Path) -> int:
                 problems.append(f"left on the servers: {left}")
             else:
                 print("down: nothing left on either server")
-    print(f"total {time.monotonic() - t0:.1f} s")
-    for p in problems:
-        print(f"problem: {p}", file=sys.stderr)
-    return 1 if problems else 0
+    return problems
 
 
 def main(argv: list[str] | None = None) -> int:
