@@ -25,279 +25,42 @@ Example::
 from __future__ import annotations
 
 import base64
-import binascii
-import json
-import logging
-import secrets
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Final
 
 from vmanager.errors import AgentError, AgentTimeout
+from vmanager.qemu.agent_data import MAX_LINE as MAX_LINE
+from vmanager.qemu.agent_data import ExecOutput as ExecOutput
+from vmanager.qemu.agent_data import GuestInterface as GuestInterface
+from vmanager.qemu.agent_data import IPAddress as IPAddress
+from vmanager.qemu.agent_data import OSInfo as OSInfo
+from vmanager.qemu.agent_data import check_b64 as _b64
+from vmanager.qemu.agent_data import check_int as _int
+from vmanager.qemu.agent_data import check_str as _str
+from vmanager.qemu.agent_link import AgentLink
 
-#: The longest line accepted from the agent (exec output is capped at 16 MiB by
-#: qemu-ga; base64 makes that 22 MiB).
-MAX_LINE: Final = 24 << 20
 #: Bytes asked for per guest-file-read / sent per guest-file-write.
 FILE_CHUNK: Final = 1 << 20
 #: Default cap on :meth:`GuestAgent.read_file`.
 MAX_FILE: Final = 64 << 20
 #: Exit status reported when a command is killed after its timeout (like the shell's).
 KILLED_STATUS: Final = 137
-_SYNC_RESEND: Final = 3.0
 # Stop a process, kill its descendants (they hold the output pipes qemu-ga waits
 # on), then the process itself; /proc/PID/task/*/children lists direct children.
 _KILL_TREE: Final = ('t() { kill -STOP "$1" 2>/dev/null; '
                      'for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do t "$c"; done; '
                      'kill -KILL "$1" 2>/dev/null; }; t "$1"')
-_NO_RESPONSE: Final = frozenset({"guest-shutdown", "guest-suspend-disk", "guest-suspend-ram",
-                                 "guest-suspend-hybrid"})
 
 
-@dataclass(frozen=True)
-class ExecOutput:
-    """What ``guest-exec`` reported for a finished process."""
-
-    status: int
-    stdout: bytes
-    stderr: bytes
-    truncated: bool = False
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter((self.status, self.stdout))
-
-
-@dataclass(frozen=True)
-class IPAddress:
-    """One address of a guest interface."""
-
-    family: str  # "ipv4" or "ipv6"
-    address: str
-    prefix: int
-
-
-@dataclass(frozen=True)
-class GuestInterface:
-    """A network interface as the guest sees it."""
-
-    name: str
-    mac: str | None
-    addresses: tuple[IPAddress, ...]
-
-
-@dataclass(frozen=True)
-class OSInfo:
-    """``guest-get-osinfo``: os-release fields and uname."""
-
-    id: str
-    name: str
-    pretty_name: str
-    version: str
-    version_id: str
-    kernel_release: str
-    kernel_version: str
-    machine: str
-
-
-def _str(value: object, what: str, *, limit: int = 4096) -> str:
-    if not isinstance(value, str) or len(value) > limit:
-        raise AgentError(f"guest agent: {what} is not a string of at most {limit} characters")
-    return value
-
-
-def _int(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise AgentError(f"guest agent: {what} is not an integer: {value!r:.80}")
-    return value
-
-
-def _b64(value: object, what: str) -> bytes:
-    if value is None:
-        return b""
-    try:
-        return base64.b64decode(_str(value, what, limit=MAX_LINE), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise AgentError(f"guest agent: {what} is not valid base64") from exc
-
-
-class GuestAgent:
+class GuestAgent(AgentLink):
     """A connection to one machine's guest agent; thread-safe, reconnects on demand.
 
     ``connect`` is a unix socket path or a callable returning a connected
-    socket (tests pass one end of a socketpair).
+    socket (tests pass one end of a socketpair). :meth:`call` runs any agent
+    command; the methods below are the ones vmanager uses, with checked answers.
     """
-
-    def __init__(self, connect: Path | str | Callable[[], socket.socket], *, name: str = "",
-                 logger: logging.Logger | None = None) -> None:
-        self.name = name
-        self._connect = connect
-        self._log = logger or logging.getLogger(__name__)
-        self._lock = threading.RLock()
-        self._sock: socket.socket | None = None
-        self._buf = bytearray()
-
-    def __repr__(self) -> str:
-        return f"<GuestAgent {self.name}>"
-
-    # -- connection ----------------------------------------------------------------
-    def close(self) -> None:
-        """Drop the connection; idempotent. A later call connects again."""
-        with self._lock:
-            self._drop()
-
-    def _drop(self) -> None:
-        sock, self._sock = self._sock, None
-        self._buf.clear()
-        if sock is not None:
-            sock.close()
-
-    def _open(self, deadline: float) -> socket.socket:
-        if self._sock is not None:
-            return self._sock
-        try:
-            if callable(self._connect):
-                sock = self._connect()
-            else:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(max(0.1, deadline - time.monotonic()))
-                try:
-                    sock.connect(str(self._connect))
-                except OSError:
-                    sock.close()
-                    raise
-        except OSError as exc:
-            raise AgentError(f"{self.name}: cannot connect to the guest agent's channel: "
-                             f"{exc}") from exc
-        self._sock = sock
-        try:
-            self._sync(deadline)
-        except BaseException:
-            self._drop()
-            raise
-        return sock
-
-    def _sync(self, deadline: float) -> None:
-        """Skip everything stale: send 0xFF + guest-sync-delimited, read up to our id."""
-        while True:
-            ident = secrets.randbelow(1 << 31)
-            self._send(b"\xff" + self._encode("guest-sync-delimited", {"id": ident}))
-            resend = min(deadline, time.monotonic() + _SYNC_RESEND)
-            while True:
-                try:
-                    self._skip_to_delimiter(resend)
-                    reply = self._read_message(resend, "guest-sync-delimited")
-                except AgentTimeout:
-                    if time.monotonic() >= deadline:
-                        raise
-                    break  # the agent may have started since: ask again
-                if reply.get("return") == ident:
-                    return
-
-    def _skip_to_delimiter(self, deadline: float) -> None:
-        while True:
-            at = self._buf.find(b"\xff")
-            if at >= 0:
-                del self._buf[:at + 1]
-                return
-            self._buf.clear()
-            self._fill(deadline, "guest-sync-delimited")
-
-    def _fill(self, deadline: float, command: str) -> None:
-        sock = self._sock
-        assert sock is not None
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AgentTimeout(f"{self.name}: the guest agent did not answer {command}",
-                               command=command)
-        sock.settimeout(left)
-        try:
-            data = sock.recv(1 << 16)
-        except TimeoutError as exc:
-            raise AgentTimeout(f"{self.name}: the guest agent did not answer {command}",
-                               command=command) from exc
-        except OSError as exc:
-            raise AgentError(f"{self.name}: guest agent channel: {exc}", command=command) from exc
-        if not data:
-            raise AgentError(f"{self.name}: the guest agent's channel closed", command=command)
-        self._buf += data
-
-    def _read_message(self, deadline: float, command: str) -> dict[str, Any]:
-        while True:
-            end = self._buf.find(b"\n")
-            if end >= 0:
-                line = bytes(self._buf[:end])
-                del self._buf[:end + 1]
-                if not line.strip():
-                    continue
-                try:
-                    msg = json.loads(line)
-                except ValueError as exc:
-                    raise AgentError(f"{self.name}: the guest agent sent malformed JSON",
-                                     command=command) from exc
-                if not isinstance(msg, dict):
-                    raise AgentError(f"{self.name}: the guest agent sent a non-object",
-                                     command=command)
-                return msg
-            if len(self._buf) > MAX_LINE:
-                raise AgentError(f"{self.name}: the guest agent sent a line longer than "
-                                 f"{MAX_LINE} bytes", command=command)
-            self._fill(deadline, command)
-
-    @staticmethod
-    def _encode(command: str, arguments: dict[str, Any] | None) -> bytes:
-        msg: dict[str, Any] = {"execute": command}
-        if arguments:
-            msg["arguments"] = arguments
-        return json.dumps(msg).encode() + b"\n"
-
-    def _send(self, data: bytes) -> None:
-        sock = self._sock
-        assert sock is not None
-        try:
-            sock.settimeout(10.0)
-            sock.sendall(data)
-        except OSError as exc:
-            raise AgentError(f"{self.name}: cannot write to the guest agent: {exc}") from exc
-
-    # -- commands ------------------------------------------------------------------
-    def call(self, command: str, arguments: dict[str, Any] | None = None, *,
-             timeout: float = 30.0) -> Any:
-        """Run one agent command and return its ``return`` value.
-
-        Raises :class:`AgentTimeout` when no answer comes within ``timeout`` s
-        (the connection is then dropped, so no late answer is mistaken for the
-        next one) and :class:`AgentError` for an error answer or a malformed one.
-        """
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            try:
-                self._open(deadline)
-                self._send(self._encode(command, arguments))
-                if command in _NO_RESPONSE:
-                    return None
-                reply = self._read_message(deadline, command)
-            except AgentError as exc:
-                self._drop()
-                if not exc.command:
-                    exc.command = command
-                raise
-        if "error" in reply:
-            err = reply["error"] if isinstance(reply["error"], dict) else {}
-            cls = str(err.get("class", ""))[:100]
-            desc = str(err.get("desc", ""))[:2000]
-            raise AgentError(f"{self.name}: guest agent: {command}: {desc or cls}",
-                             command=command, error_class=cls)
-        if "return" not in reply:
-            with self._lock:
-                self._drop()
-            raise AgentError(f"{self.name}: the guest agent's answer to {command} has no "
-                             "'return'", command=command)
-        return reply["return"]
 
     def ping(self, timeout: float = 10.0) -> None:
         """Return once the agent answers (raises :class:`AgentTimeout` otherwise)."""
