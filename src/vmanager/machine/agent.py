@@ -73,6 +73,23 @@ class AgentChannel(GuestAgent, Part):
         self._vm.require(State.RUNNING, action=f"talk to the guest agent ({command})")
         return super().call(command, arguments, timeout=timeout)
 
+    def poweroff(self) -> None:
+        """Ask the guest to power off through the agent, also early in its boot.
+
+        qemu-ga's own ``guest-shutdown`` runs ``shutdown -P +0``, which needs
+        logind on D-Bus and is lost while a systemd guest is still booting;
+        ``systemctl poweroff`` talks to systemd directly. So that is started
+        (not waited for: the agent goes down with the guest), with
+        ``shutdown``/``poweroff`` for other Unix guests, and ``guest-shutdown``
+        where the guest cannot run it.
+        """
+        try:
+            self.call("guest-exec", {"path": "/bin/sh", "arg": [
+                "-c", "systemctl poweroff || shutdown -P now || poweroff"]})
+        except AgentError as exc:
+            self._vm.log.info("guest-exec of poweroff failed (%s); trying guest-shutdown", exc)
+            self.shutdown("powerdown")
+
     def answers(self, timeout: float) -> bool:
         """Whether the agent answers a ping within ``timeout`` s (never raises AgentError)."""
         try:
@@ -216,7 +233,8 @@ class GuestCommands(Part):
             return self._shell.execute(command, timeout=timeout)
         left = max(1.0, timeout - (time.monotonic() - started))
         try:
-            out = self._agent.exec(["/bin/sh", "-c", command], timeout=left)
+            # "--": a command string that starts with "-" is not taken for options
+            out = self._agent.exec(["/bin/sh", "-c", "--", command], timeout=left)
         except AgentError as exc:
             raise GuestCommandError(f"{self._vm.name}: no answer from the guest agent: {exc}",
                                     command=command, status=None, output="") from exc

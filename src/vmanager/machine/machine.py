@@ -19,7 +19,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from vmanager import paths, validate
-from vmanager.errors import StateError
+from vmanager.errors import ConfigError, StateError
 from vmanager.machine import definition, process, reattach, start
 from vmanager.machine import recorder as recording
 from vmanager.machine.agent import AgentChannel, GuestCommands
@@ -254,12 +254,17 @@ class Machine(SeedVerbs):
             self._kill_process()
             self._cleanup()
 
-    def shutdown(self, *, timeout: float = 60.0) -> int:
+    def shutdown(self, *, timeout: float = 60.0,
+                 via: Literal["auto", "acpi", "agent"] = "auto") -> int:
         """Power the machine off gracefully: ACPI power button, then wait for QEMU to exit.
 
         The guest shuts down as it would when its power button is pressed; a
         frozen machine is resumed first so that it can. Once QEMU has exited,
         everything is cleaned up as by :meth:`stop`; returns QEMU's exit status.
+        ``via="agent"`` asks the guest agent instead (``systemctl poweroff``); the
+        default ``"auto"`` does so when guest commands already go through the
+        agent, since a system that has just booted may not listen to its power
+        button yet (systemd-logind starts after the agent).
 
         Raises:
             StateError: the machine is not running.
@@ -271,10 +276,14 @@ class Machine(SeedVerbs):
         monitor = self._require_monitor()
         proc = self._proc
         assert proc is not None
+        if via not in ("auto", "acpi", "agent"):
+            raise ConfigError(f"via must be 'auto', 'acpi' or 'agent', not {via!r}")
         paused = self.state == State.PAUSED
         self.state = State.RUNNING
+        agent = via == "agent" or (via == "auto" and self.commands.via == "agent")
         status = process.power_off(self.name, proc, monitor, paused=paused, timeout=timeout,
-                                   log=self.log)
+                                   log=self.log,
+                                   request=self.agent.poweroff if agent else None)
         self._kill_process()
         self._cleanup()
         return status

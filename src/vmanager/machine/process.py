@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -132,24 +133,29 @@ def quit_and_reap(proc: Process, monitor: Monitor | None, *, grace: float,
 
 
 def power_off(name: str, proc: Process, monitor: Monitor, *, paused: bool, timeout: float,
-              log: logging.Logger) -> int:
+              log: logging.Logger, request: Callable[[], None] | None = None) -> int:
     """Press the ACPI power button and wait up to ``timeout`` s for QEMU to exit.
 
+    ``request`` asks the guest some other way instead (its guest agent).
     Raises :class:`ShutdownTimeout` when the guest does not power off in time.
     """
     if paused:
         monitor.execute("cont", timeout=5)
-    try:
-        monitor.execute("system_powerdown", timeout=5)
-    except QemuError as exc:
-        if proc.poll() is None:
-            raise
-        log.debug("system_powerdown: %s", exc)  # it exited meanwhile
+    if request is not None:
+        request()
+        how = "the guest agent's shutdown"
+    else:
+        how = "the ACPI power button (does the guest handle ACPI?)"
+        try:
+            monitor.execute("system_powerdown", timeout=5)
+        except QemuError as exc:
+            if proc.poll() is None:
+                raise
+            log.debug("system_powerdown: %s", exc)  # it exited meanwhile
     status = launch.reap(proc, timeout=timeout)
     if status is None:
         raise ShutdownTimeout(
-            f"machine {name!r} did not power off within {timeout} s of the ACPI power button "
-            "(does the guest handle ACPI?); it is still running: stop() ends it by force",
-            machine=name, timeout=timeout)
+            f"machine {name!r} did not power off within {timeout} s of {how}; it is still "
+            "running: stop() ends it by force", machine=name, timeout=timeout)
     log.info("powered off (QEMU exit status %s)", status)
     return status

@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import secrets
 import time
@@ -37,6 +38,8 @@ _PASSWORD: Final = re.compile(r"[Pp]assword: *$", re.M)
 #: A refusal, or a shell prompt ending the output so far.
 _AFTER_PASSWORD: Final = re.compile(r"Login incorrect|[$#%] ?$")
 _PROMPT_WAIT: Final = 15.0
+#: Seconds a prompt may take to come by itself (login waits ~3 s after a failure).
+_SETTLE: Final = 5.0
 
 
 class LoginError(GuestError):
@@ -109,12 +112,22 @@ def login(console: Console, user: str, password: str | None, *,
             password is not None and any(c in password for c in "\r\n\0")):
         raise GuestError("user and password must be single lines")
     deadline = time.monotonic() + timeout
-    while True:
+    # An Enter typed while login still waits out a failed attempt would be read as an
+    # empty user name: use a prompt that is there (or comes by itself) first.
+    at_prompt = _LOGIN.search(console.read()[-200:]) is not None
+    if not at_prompt:
+        console.mark()
+        try:
+            console.wait_for(_LOGIN, timeout=min(_SETTLE, max(0.1, deadline - time.monotonic())))
+            at_prompt = True
+        except ConsoleTimeout:
+            pass
+    while not at_prompt:
         console.mark()
         console.write("\n")
         try:
             console.wait_for(_LOGIN, timeout=min(5.0, max(0.1, deadline - time.monotonic())))
-            break
+            at_prompt = True
         except ConsoleTimeout:
             if time.monotonic() >= deadline:
                 raise
@@ -129,7 +142,7 @@ def login(console: Console, user: str, password: str | None, *,
         found = console.wait_for(_AFTER_PASSWORD, timeout=min(
             _PROMPT_WAIT, max(1.0, deadline - time.monotonic())))
         if found.group(0) == "Login incorrect":
-            raise LoginError(f"{console.name}: login as {user!r} failed (Login incorrect)")
+            _refused(console, user)
     except ConsoleTimeout:
         pass  # an unusual prompt: the marker below tells whether a shell reads
     while True:
@@ -149,5 +162,12 @@ def login(console: Console, user: str, password: str | None, *,
             console.write("\x03")  # a line left open (a quote): cancel it and try again
             continue
         if found.group(0) == "Login incorrect":
-            raise LoginError(f"{console.name}: login as {user!r} failed (Login incorrect)")
+            _refused(console, user)
         return SerialSession(console, user)
+
+
+def _refused(console: Console, user: str) -> None:
+    """Leave the console at the next login prompt, then raise :class:`LoginError`."""
+    with contextlib.suppress(ConsoleTimeout):
+        console.wait_for(_LOGIN, timeout=_SETTLE * 2)
+    raise LoginError(f"{console.name}: login as {user!r} failed (Login incorrect)")
