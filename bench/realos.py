@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import socket
 import subprocess
 import tempfile
@@ -36,11 +37,12 @@ def _raw_agent_wait(sock_path: Path, timeout: float, then: bytes = b"") -> None:
     """Poll the agent like a plain script would: connect, sync, wait for the answer;
     then send ``then`` (a command) on the synchronised connection."""
     deadline = time.monotonic() + timeout
-    ident = 4242
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.connect(str(sock_path))
         buf = b""
         while time.monotonic() < deadline:
+            # a fresh id each time: answers to earlier syncs may still be queued
+            ident = secrets.randbelow(1 << 31)
             s.sendall(b"\xff" + json.dumps({"execute": "guest-sync-delimited",
                                             "arguments": {"id": ident}}).encode() + b"\n")
             s.settimeout(3)
@@ -52,7 +54,15 @@ def _raw_agent_wait(sock_path: Path, timeout: float, then: bytes = b"") -> None:
                         if b"\n" in tail and json.loads(tail.split(b"\n")[0]).get(
                                 "return") == ident:
                             if then:
+                                # wait for its answer: qemu-ga drops what arrives
+                                # just before the host side hangs up
                                 s.sendall(then)
+                                rest = tail.split(b"\n", 1)[1]
+                                while b"\n" not in rest:
+                                    chunk = s.recv(65536)
+                                    if not chunk:
+                                        break
+                                    rest += chunk
                             return
             except TimeoutError:
                 continue
