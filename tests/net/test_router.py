@@ -40,6 +40,13 @@ def _dhcp(ns: str, script: Path) -> dict[str, str]:
     return dict(field.split("=", 1) for field in line.split()[1:])
 
 
+def _uids(pid: int) -> set[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return {int(u) for u in line.split()[1:]}
+    raise AssertionError(f"no Uid line for {pid}")
+
+
 def test_nat_router_leases_resolves_and_masquerades(netns: Any, name: Any,
                                                    tmp_path: Path) -> None:
     outside, lan_host = netns(), netns()
@@ -58,6 +65,9 @@ def test_nat_router_leases_resolves_and_masquerades(netns: Any, name: Any,
             assert router.namespace in list_namespaces()
             pid = router.dnsmasq_pid
             assert pid is not None
+            assert _uids(pid) != {0}, "dnsmasq kept root"
+            assert os.stat(f"/proc/{pid}/ns/net").st_ino == \
+                os.stat(f"/run/netns/{router.namespace}").st_ino, "dnsmasq outside the router"
 
             lease = _dhcp(lan_host, script)
             assert ipaddress.IPv4Address(lease["ip"]) in ipaddress.IPv4Network("10.77.1.0/24")

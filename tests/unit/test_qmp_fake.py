@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from vmanager.errors import QemuError, QMPError
-from vmanager.qemu.qmp import Monitor
+from vmanager.qemu.qmp import MAX_EVENTS, Monitor
 
 GREETING = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
                     "capabilities": []}}
@@ -59,6 +59,15 @@ class FakeQemu(threading.Thread):
                 line_ = msg["arguments"]["command-line"]  # type: ignore[index]
                 self.send({"return": f"you said {line_}\r\n", "id": ident})
             elif cmd == "stop":
+                self.send({"event": "STOP", "data": {},
+                           "timestamp": {"seconds": 1, "microseconds": 0}})
+                self.send({"return": {}, "id": ident})
+            elif cmd == "x-flood":  # a guest making QEMU emit events without end
+                count = int(msg["arguments"]["count"])  # type: ignore[index]
+                batch = b"".join(json.dumps({"event": "RTC_CHANGE", "data": {"offset": i},
+                                             "timestamp": {"seconds": 1, "microseconds": 0}}
+                                            ).encode() + b"\r\n" for i in range(count))
+                self.sock.sendall(batch)
                 self.send({"event": "STOP", "data": {},
                            "timestamp": {"seconds": 1, "microseconds": 0}})
                 self.send({"return": {}, "id": ident})
@@ -121,3 +130,14 @@ def test_a_vanished_peer_is_a_qemu_error_not_a_library_one(
     mon.execute("quit")
     with pytest.raises(QemuError):
         mon.execute("query-status", timeout=5)
+
+
+def test_the_event_history_is_bounded_and_marks_stay_valid(
+        fake: tuple[Monitor, FakeQemu]) -> None:
+    mon, _ = fake
+    mark = mon.event_mark()
+    mon.execute("x-flood", {"count": 3 * MAX_EVENTS}, timeout=60)
+    assert mon.wait_event("STOP", timeout=30, since=mark)["event"] == "STOP"
+    assert len(mon.events()) <= MAX_EVENTS * 5 // 4
+    assert mon.event_mark() == mark + 3 * MAX_EVENTS + 1
+    assert mon.events(mon.event_mark() - 1)[0]["event"] == "STOP"

@@ -13,17 +13,17 @@ if TYPE_CHECKING:
 
 def batch(m: Machine, wait: float) -> int:
     """Feed stdin to the console; print what it prints until ``wait`` s of quiet."""
-    start = len(m.console.read_bytes())
+    start = m.console.offset  # absolute: the history is bounded
     data = sys.stdin.buffer.read()
     if data:
         m.console.write(data)
     last, seen = time.monotonic(), start
     while time.monotonic() - last < wait:
         time.sleep(0.05)
-        now = len(m.console.read_bytes())
+        now = m.console.offset
         if now != seen:
             seen, last = now, time.monotonic()
-    sys.stdout.buffer.write(m.console.read_bytes()[start:])
+    sys.stdout.buffer.write(m.console.read_bytes(start))
     sys.stdout.flush()
     return 0
 
@@ -36,16 +36,15 @@ def interactive(m: Machine, *, escape: bytes) -> int:
     fd = sys.stdin.fileno()
     saved = termios.tcgetattr(fd)
     print(f"connected to {m.name}'s serial console; Ctrl-] leaves", file=sys.stderr)
-    pos = len(m.console.read_bytes())
+    pos = m.console.offset
     out = sys.stdout.buffer
     try:
         tty.setraw(fd)
         while True:
-            data = m.console.read_bytes()
-            if len(data) > pos:
-                out.write(data[pos:])
+            data, pos = m.console.read_since(pos)
+            if data:
+                out.write(data)
                 out.flush()
-                pos = len(data)
             ready, _, _ = select.select([fd], [], [], 0.05)
             if ready:
                 chunk = os.read(fd, 1024)

@@ -130,7 +130,7 @@ def python_guest(*, extra_files: Mapping[str, bytes] | None = None, rebuild: boo
     say = progress or (lambda _msg: None)
     base = tiny_guest(progress=progress)
     root = paths.private_dir(paths.cache_dir() / "guests")
-    with (root / ".pylock").open("w") as lockf:
+    with os.fdopen(paths.open_lock(root / ".pylock"), "w") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         key = _runtime_key(base)
         directory = root / f"py-{base.kernel_version}-{key}"

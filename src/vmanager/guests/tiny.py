@@ -152,7 +152,7 @@ def tiny_guest(*, rebuild: bool = False,
                 known = _load_verified(directory)
                 if known is not None:
                     return known
-    with (root / ".lock").open("w") as lockf:
+    with os.fdopen(paths.open_lock(root / ".lock"), "w") as lockf:
         fcntl.flock(lockf, fcntl.LOCK_EX)
         pointer = root / "tiny.json"
         if not rebuild:

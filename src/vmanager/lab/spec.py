@@ -207,6 +207,11 @@ def _router_name(value: str) -> str:
 
 def _port_name(value: str) -> str:
     validate.ifname(value, what="port name")
+    from vmanager.net.nic import NAME_MAX
+    if len(value.encode()) > NAME_MAX:  # the NIC's sink, device and bridge add a letter
+        raise ConfigError(f"port name {value!r} is {len(value.encode())} bytes long; at most "
+                          f"{NAME_MAX} are allowed (vmanager appends one letter for the "
+                          "links it makes beside it)")
     return value
 
 

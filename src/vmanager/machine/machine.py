@@ -135,7 +135,7 @@ class Machine(SeedVerbs):
         self.argv: list[str] = []
         view = View(self)
         # -- the parts, in the order the Machine walks them ---------------------------------
-        self.shell = GuestShell(view, Console(f"{self.name}/hvc0", logger=self.log))
+        self.shell = GuestShell(view, Console(f"{self.name}/shell", logger=self.log))
         """The guest's backdoor shell (``execute``, ``succeed``...)."""
         self.ram = Memory(view, memory)
         """RAM: DIMM hot-plug, the balloon, memory dumps."""

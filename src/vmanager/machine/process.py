@@ -99,7 +99,8 @@ def connect(name: str, proc: Process, argv: list[str], *, run_dir: Path, console
     """Connect the consoles, then QMP; :class:`QemuStartError` with QEMU's log on failure."""
     try:
         # Consoles first: QEMU waits (wait=on) for them before it runs the guest.
-        console.attach(launch.connect_unix(run_dir / SERIAL_SOCKET), history=history)
+        console.attach(launch.connect_unix(run_dir / SERIAL_SOCKET), history=history,
+                       log=run_dir / SERIAL_LOG)  # kept rotated while attached
         shell_console.attach(launch.connect_unix(run_dir / SHELL_SOCKET))
         monitor = Monitor(name, logger=log)
         monitor.connect(str(run_dir / QMP_SOCKET), timeout=timeout)

@@ -19,9 +19,11 @@ with its own MAC and ``trunk_address``, so nothing is taken from the host.
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import logging
 import os
+import pwd
 import signal
 import subprocess
 import time
@@ -353,8 +355,10 @@ class Router(Resource):
         argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
                 f"--pid-file={rundir / 'dnsmasq.pid'}", "--log-facility=-",
                 f"--interface={LAN_IF}", "--bind-interfaces", "--no-hosts", "--no-resolv",
-                f"--domain={self.domain}", f"--local=/{self.domain}/", "--user=root",
-                "--group=root"]
+                f"--domain={self.domain}", f"--local=/{self.domain}/",
+                *_unprivileged_user(),
+                # a guest can ask for leases without end: log no routine DHCP traffic
+                "--quiet-dhcp", "--quiet-dhcp6", "--quiet-ra"]
         if self.dns:
             argv += [f"--host-record=router.{self.domain},{self.address.ip}",
                      *(f"--server={s}" for s in self.upstream_dns)]
@@ -436,3 +440,18 @@ def _remove_tree(path: Path) -> None:
         child.unlink()
     path.rmdir()
 
+
+
+def _unprivileged_user() -> list[str]:
+    """dnsmasq drops root after binding: to its own user if there is one, else nobody.
+
+    It opens its pid and lease files (in the router's 0700 run directory) first.
+    """
+    for user in ("dnsmasq", "nobody"):
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            continue
+        return [f"--user={user}", f"--group={grp.getgrgid(entry.pw_gid).gr_name}"]
+    raise HostError("dnsmasq needs an unprivileged user to run as: neither 'dnsmasq' nor "
+                    "'nobody' exists on this host")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import concurrent.futures
 import itertools
 import logging
@@ -18,39 +19,72 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from vmanager import _aio
 from vmanager.errors import ConsoleTimeout, GuestCommandError, GuestError
+from vmanager.qemu._history import DEFAULT_LIMIT, ERROR_TAIL, History
+from vmanager.qemu._logrotate import RotatingLog
 
 if TYPE_CHECKING:
     from vmanager.qemu.login import SerialSession
 
 _TAIL_LINES: Final = 30
+#: How often a waiting expect searches a console that keeps growing.
+_RESCAN: Final = 0.05
 
 
 class Console:
-    """A guest console: everything the guest printed is kept, nothing is lost.
+    """A guest console, drained continuously, with a bounded history.
 
-    ``read()`` returns all output so far; ``wait_for()`` searches output that
-    came after the previous match (like *expect*), so successive calls find
-    successive occurrences; ``write()`` types into the console.
+    ``read()`` returns the output kept so far (the last ``history_limit``
+    bytes, 4 MiB by default: a guest decides how much it prints);
+    ``wait_for()`` searches output that came after the previous match (like
+    *expect*), so successive calls find successive occurrences; ``write()``
+    types into the console. ``log`` names a file the output is also written
+    to, rotated at ``log_limit`` bytes with one previous file (``.1``).
     """
 
-    def __init__(self, name: str, *, logger: logging.Logger | None = None) -> None:
+    def __init__(self, name: str, *, logger: logging.Logger | None = None,
+                 history_limit: int = DEFAULT_LIMIT) -> None:
         self.name = name
         self._log = logger or logging.getLogger(__name__)
-        self._buf = bytearray()
+        self._hist = History(history_limit)
         self._cond = threading.Condition()
-        self._pos = 0
+        self._pos = 0                 # absolute text offset of the expect mark
         self._writer: asyncio.StreamWriter | None = None
         self._task: concurrent.futures.Future[None] | None = None
         self._eof = False
+        self._overrun = False         # unread output was forgotten since the mark
+        self.log_file: RotatingLog | None = None
 
-    def attach(self, sock: socket.socket, *, history: bytes = b"") -> None:
-        """Start draining a connected socket (vmanager takes it over)."""
-        with self._cond:
-            self._buf[:0] = history
+    @property
+    def history_limit(self) -> int:
+        """How many bytes (and characters) of output are kept in memory."""
+        return self._hist.limit
+
+    def attach(self, sock: socket.socket, *, history: bytes = b"", log: Path | None = None,
+               resume: bool = False) -> None:
+        """Start draining a connected socket (vmanager takes it over).
+
+        ``history`` is older output to put in front of what was kept. ``log`` is
+        the file QEMU logs this console to: it is kept rotated (see
+        :class:`RotatingLog`), and with ``resume`` its end becomes the history.
+        """
+        if log is not None:
+            self.log_file = RotatingLog(log)
+            self.log_file.check()
+            if resume:
+                history = self.log_file.history(self._hist.limit)
+        if history:
+            with self._cond:
+                kept = self._hist.bytes_since(0)
+                self._hist = History(self._hist.limit)
+                self._hist.append(history[-self._hist.limit:])
+                self._hist.end_of_input()
+                self._hist.append(kept)
+                self._pos = self._hist.text_start
         self._eof = False
         sock.setblocking(False)
         ready = threading.Event()
@@ -64,19 +98,29 @@ class Console:
                     data = await reader.read(65536)
                     if not data:
                         break
-                    with self._cond:
-                        self._buf += data
-                        self._cond.notify_all()
+                    self._received(data)
             except (OSError, asyncio.CancelledError):
                 pass
             finally:
                 with self._cond:
+                    self._hist.end_of_input()
                     self._eof = True
                     self._cond.notify_all()
                 writer.close()
 
         self._task = _aio.submit(pump())
         ready.wait(10)
+
+    def _received(self, data: bytes) -> None:
+        with self._cond:
+            self._hist.append(data)
+            if self._hist.text_start > self._pos:
+                self._overrun = True
+                self._pos = self._hist.text_start
+            self._cond.notify_all()
+        log_file = self.log_file
+        if log_file is not None:
+            log_file.grown(len(data))
 
     def close(self) -> None:
         """Stop reading; idempotent. What was read stays readable."""
@@ -87,54 +131,90 @@ class Console:
 
     # -- reading ------------------------------------------------------------------
     def read(self) -> str:
-        """Everything the guest printed on this console so far."""
+        """The output kept so far (at most :attr:`history_limit` characters)."""
         with self._cond:
-            return self._buf.decode(errors="replace")
+            return self._hist.text_since(0)
 
-    def read_bytes(self) -> bytes:
-        """Like :meth:`read`, undecoded."""
+    def read_bytes(self, since: int = 0) -> bytes:
+        """Like :meth:`read`, undecoded; ``since`` is an :attr:`offset` taken earlier."""
         with self._cond:
-            return bytes(self._buf)
+            return self._hist.bytes_since(since)
 
-    def tail(self, lines: int = _TAIL_LINES) -> str:
-        """The last ``lines`` lines of output."""
-        return "\n".join(self.read().splitlines()[-lines:])
+    def read_since(self, offset: int) -> tuple[bytes, int]:
+        """The bytes after :attr:`offset` ``offset`` (what is kept of them) and the new offset."""
+        with self._cond:
+            return self._hist.bytes_since(offset), self._hist.received
+
+    @property
+    def offset(self) -> int:
+        """Bytes received so far: pass it to :meth:`read_bytes` later to get what came since."""
+        with self._cond:
+            return self._hist.received
+
+    def tail(self, lines: int = _TAIL_LINES, *, chars: int = ERROR_TAIL) -> str:
+        """The last ``lines`` lines of output, at most ``chars`` characters."""
+        with self._cond:
+            text = self._hist.tail(chars)
+        return "\n".join(text.splitlines()[-lines:])
 
     def mark(self) -> int:
         """Make later :meth:`wait_for` calls look only at output from now on."""
         with self._cond:
-            self._pos = len(self._buf)
+            self._pos = self._hist.text_end
+            self._overrun = False
             return self._pos
 
-    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = 60.0) -> re.Match[str]:
+    def wait_for(self, pattern: str | re.Pattern[str], timeout: float = 60.0, *,
+                 overrun_fails: bool = False) -> re.Match[str]:
         """Wait until ``pattern`` (a plain string or compiled regex) appears; return the match.
 
-        Raises :class:`ConsoleTimeout` (with the console's tail) after ``timeout`` s.
+        Raises :class:`ConsoleTimeout` (with the console's tail) after ``timeout`` s,
+        or at once with ``overrun_fails`` when more than the history limit arrived
+        without a match (a match could not be whole any more). The unread output
+        is searched again as it grows by a quarter or after 50 ms, so a flood
+        costs linear time, not a search per chunk.
 
         >>> m.console.wait_for("login:", timeout=30)  # doctest: +SKIP
         """
         regex = pattern if isinstance(pattern, re.Pattern) else re.compile(re.escape(pattern))
         deadline = time.monotonic() + timeout
+        scanned_end, scanned_at = -1, 0.0
         with self._cond:
             while True:
-                text = self._buf[self._pos:].decode(errors="replace")
-                found = regex.search(text)
-                if found is not None:
-                    self._pos += len(text[:found.end()].encode(errors="replace"))
-                    return found
-                left = deadline - time.monotonic()
+                end = self._hist.text_end
+                now = time.monotonic()
+                unread = end - self._pos
+                if end != scanned_end and (
+                        scanned_end < 0 or 4 * (end - scanned_end) >= unread
+                        or now - scanned_at >= _RESCAN or self._eof or now >= deadline):
+                    text = self._hist.text_since(self._pos)
+                    scanned_end, scanned_at = end, now
+                    found = regex.search(text)
+                    if found is not None:
+                        self._pos += found.end()
+                        return found
+                left = deadline - now
+                if overrun_fails and self._overrun:
+                    raise ConsoleTimeout(f"{self.name}: more than {self._hist.limit} bytes "
+                                         f"came without {regex.pattern[:200]!r}",
+                                         tail=self.tail())
                 if left <= 0 or self._eof:
                     why = "the console closed" if self._eof else f"{timeout} s passed"
                     raise ConsoleTimeout(
-                        f"{self.name}: {regex.pattern!r} did not appear ({why})",
+                        f"{self.name}: {regex.pattern[:200]!r} did not appear ({why})",
                         tail=self.tail())
-                self._cond.wait(min(left, 1.0))
+                self._cond.wait(min(left, _RESCAN))
+
+    def overran(self) -> bool:
+        """Whether unread output was forgotten (more than the history limit came) since the mark."""
+        with self._cond:
+            return self._overrun
 
     def discard_consumed(self) -> None:
         """Forget output before the last match (for protocol consoles, not the serial log)."""
         with self._cond:
-            del self._buf[:self._pos]
-            self._pos = 0
+            self._hist.forget_before(self._pos)
+            self._overrun = False
 
     # -- writing ------------------------------------------------------------------
     def write(self, data: str | bytes) -> None:
@@ -225,15 +305,38 @@ class Shell:
             ident = f"{next(self._ids)}x{int(time.time() * 1000) % 100000}"
             limit = max(1, math.ceil(deadline - time.monotonic()))
             encoded = base64.b64encode(command.encode()).decode()
+            self.console.mark()  # the answer comes after this; older output is not read
             self.console.write(f"{ident} {limit} {encoded}\n")
-            regex = re.compile(rf"@@vmresp {re.escape(ident)} (\d+) O(\S*) E(\S*)\r?\n")
+            regex = re.compile(rf"@@vmresp {re.escape(ident)} (\S*) O(\S*) E(\S*)\r?\n")
             try:
-                found = self.console.wait_for(regex, timeout=limit + 5)
+                found = self.console.wait_for(regex, timeout=limit + 5, overrun_fails=True)
             except ConsoleTimeout as exc:
-                raise GuestCommandError("no answer from the guest's shell", command=command,
-                                        status=None, output="") from exc
+                why = ("the guest's reply is larger than the console keeps "
+                       f"({self.console.history_limit} bytes)" if self.console.overran()
+                       else "no answer from the guest's shell")
+                self.console.discard_consumed()
+                raise GuestCommandError(why, command=command, status=None,
+                                        output="") from exc
             self.console.discard_consumed()
-            status = int(found.group(1))
-            out = base64.b64decode(found.group(2)).decode(errors="replace")
-            err = base64.b64decode(found.group(3)).decode(errors="replace")
+            status = _reply_status(found.group(1), command)
+            out = _reply_text(found.group(2), "stdout", command)
+            err = _reply_text(found.group(3), "stderr", command)
             return ExecResult(status, out, err)
+
+
+def _reply_status(field: str, command: str) -> int:
+    """A reply's exit status: 0..255 in decimal, or GuestCommandError (guest data is untrusted)."""
+    if not re.fullmatch(r"[0-9]{1,3}", field) or int(field) > 255:
+        raise GuestCommandError(f"malformed reply from the guest's shell: status {field[:40]!r}",
+                                command=command, status=None, output="")
+    return int(field)
+
+
+def _reply_text(field: str, what: str, command: str) -> str:
+    """A reply's base64 output field, decoded strictly."""
+    try:
+        return base64.b64decode(field, validate=True).decode(errors="replace")
+    except (binascii.Error, ValueError) as exc:
+        raise GuestCommandError(f"malformed reply from the guest's shell: {what} is not "
+                                f"base64 ({exc})", command=command, status=None,
+                                output="") from exc

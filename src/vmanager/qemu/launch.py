@@ -79,10 +79,8 @@ def connect_unix(path: Path, *, timeout: float = 10.0) -> socket.socket:
 
 def log_tail(path: Path, lines: int = 25) -> str:
     """The last lines of a log file, or '' if there is none."""
-    try:
-        data = path.read_bytes()[-16384:]
-    except OSError:
-        return ""
+    from vmanager.qemu._logrotate import read_tail
+    data = read_tail(path, 16384)
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 
 
@@ -124,6 +122,8 @@ def owner_pid(run_dir: Path) -> int | None:
             cmdline = f.read()
     except (OSError, ValueError):
         return None
-    if str(run_dir).encode() in cmdline and pid_alive(pid):
+    # the argv must name this run directory's pidfile exactly: a substring test
+    # would take machines/web-2 for machines/web
+    if str(run_dir / "qemu.pid").encode() in cmdline.split(b"\0") and pid_alive(pid):
         return pid
     return None

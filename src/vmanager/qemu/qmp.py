@@ -53,12 +53,17 @@ def map_qmp_errors(doing: str, error: type[VmanagerError] = QemuError, *,
         raise cls(f"{doing}: {exc.description or exc}") from exc
 
 
+#: Events kept per connection (a guest can make QEMU emit events without end).
+MAX_EVENTS = 4096
+
+
 class Monitor:
     """One QMP connection to one QEMU.
 
     Events are recorded from the moment of connection, so
     :meth:`wait_event` also finds events that arrived before it was called
-    (pass ``since=`` a mark from :meth:`event_mark` to skip older ones).
+    (pass ``since=`` a mark from :meth:`event_mark` to skip older ones). The
+    last :data:`MAX_EVENTS` are kept; marks stay valid as older ones go.
     """
 
     def __init__(self, name: str, *, logger: logging.Logger | None = None) -> None:
@@ -66,6 +71,7 @@ class Monitor:
         self._log = logger or logging.getLogger(__name__)
         self._client: QMPClient | None = None
         self._events: list[Event] = []
+        self._dropped = 0  # events forgotten from the front (marks are absolute)
         self._cond = threading.Condition()
         self._pump: concurrent.futures.Future[None] | None = None
         self._fd_lock = threading.Lock()
@@ -93,6 +99,10 @@ class Monitor:
         async for event in listener:
             with self._cond:
                 self._events.append(event)
+                if len(self._events) > MAX_EVENTS + MAX_EVENTS // 4:
+                    cut = len(self._events) - MAX_EVENTS
+                    del self._events[:cut]
+                    self._dropped += cut
                 self._cond.notify_all()
 
     def close(self) -> None:
@@ -159,12 +169,12 @@ class Monitor:
     def event_mark(self) -> int:
         """A position in the event history; events after it are 'new'."""
         with self._cond:
-            return len(self._events)
+            return self._dropped + len(self._events)
 
     def events(self, since: int = 0) -> list[Event]:
         """Events recorded since ``since``."""
         with self._cond:
-            return list(self._events[since:])
+            return list(self._events[max(0, since - self._dropped):])
 
     def wait_event(self, name: str | tuple[str, ...], *, timeout: float,
                    since: int = 0, match: Callable[[Event], bool] | None = None) -> Event:
@@ -177,8 +187,9 @@ class Monitor:
         pos = since
         with self._cond:
             while True:
-                while pos < len(self._events):
-                    ev = self._events[pos]
+                pos = max(pos, self._dropped)
+                while pos < self._dropped + len(self._events):
+                    ev = self._events[pos - self._dropped]
                     pos += 1
                     if ev.get("event") in names and (match is None or match(ev)):
                         return ev

@@ -49,7 +49,7 @@ class FileLock:
         """Take the lock, waiting up to ``timeout`` s (0: try once)."""
         if self._fd is not None:
             return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = paths.open_lock(self.path)
         mode = (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
         deadline = time.monotonic() + timeout
         delay = 0.01

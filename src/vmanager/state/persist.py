@@ -27,6 +27,8 @@ from vmanager.errors import HostError, VmanagerError
 from vmanager.machine import Machine
 from vmanager.machine.recorder import RunInfo
 from vmanager.qemu import launch
+from vmanager.qemu._history import DEFAULT_LIMIT
+from vmanager.qemu._logrotate import RotatingLog
 from vmanager.state import records
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
 from vmanager.state.recorder import FileRecorder, session_lock
@@ -146,10 +148,8 @@ def attach(name: str, *, timeout: float = 10.0) -> PersistentMachine:
                          "without disks", name, exc)
             machine = PersistentMachine(name, recorder=rec)
         run_dir = Path(runtime.run_dir)
-        try:
-            history = (run_dir / "serial0.log").read_bytes()
-        except OSError:
-            history = b""
+        # the end of the log only (a guest decides how much it printed), no symlinks
+        history = RotatingLog(run_dir / "serial0.log").history(DEFAULT_LIMIT)
         parts = dict(runtime.parts)
         nics = record.definition.get("nics")
         if "nics" not in parts and isinstance(nics, int) and nics and record.lab is None:
