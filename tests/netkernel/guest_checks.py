@@ -175,8 +175,12 @@ def check_lacp(out: Result) -> None:
             out["bonding_a"], out["bonding_b"] = bonding_proc("lclagA"), bonding_proc("lclagB")
 
 
-def check_vlans(out: Result) -> None:
-    """Access ports on VLANs 10/20/10 and a trunk (10, 20) into a namespace with 802.1Q."""
+def check_vlans(out: Result, *, adopted: bool = False) -> None:
+    """Access ports on VLANs 10/20/10 and a trunk (10, 20) into a namespace with 802.1Q.
+
+    ``adopted``: every port is connected through a fresh Switch object for the
+    existing bridge, as ``vmanager lab up`` does (``net.adopt.adopt_switch``).
+    """
     with ExitStack() as stack:
         for ns in ("vl1", "vl2", "vl3", "vlt"):
             stack.enter_context(Namespace(ns))
@@ -187,10 +191,20 @@ def check_vlans(out: Result) -> None:
         Interface("eth0", netns="vl2").add_address("10.220.0.2/24")
         veth_into("vlq3", "vl3", address="10.210.0.3/24")
         veth_into("vlqt", "vlt")
-        sw.connect("vlq1", vlan=10)
-        sw.connect("vlq2", vlan=20)
-        sw.connect("vlq3", vlan=10)
-        sw.connect("vlqt", vlans=[10, 20])
+        def connect(port: str, **vlans: Any) -> None:
+            if not adopted:
+                sw.connect(port, **vlans)
+                return
+            from vmanager.net import adopt as _net
+            other = _net.adopt_switch(sw.name, vlan_filtering=True)
+            other.connect(port, **vlans)
+            out.setdefault("adopted_backend", other.vlan_backend)
+            _net.forget(other)
+
+        connect("vlq1", vlan=10)
+        connect("vlq2", vlan=20)
+        connect("vlq3", vlan=10)
+        connect("vlqt", vlans=[10, 20])
         with rtnl("vlt") as ipr:  # the trunk's far end: 802.1Q sub-interfaces
             trunk = ipr.link_lookup(ifname="eth0")[0]
             for vid, address in ((10, "10.210.0.4"), (20, "10.220.0.4")):
@@ -295,6 +309,7 @@ CHECKS: dict[str, Callable[[Result], None]] = {
     "lacp": check_lacp,
     "vlans": check_vlans,
     "netem": check_netem,
+    "lab_vlans": lambda out: check_vlans(out, adopted=True),
 }
 
 

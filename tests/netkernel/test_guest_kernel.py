@@ -169,3 +169,14 @@ def test_netem_impairment_delays_loses_duplicates_and_clears(run: GuestRun) -> N
     assert found["cleared"]["text"] == "", why
     assert "netem" not in found["qdiscs_after"], why
     assert after["received"] == 5 and after["avg_ms"] < 60, why
+
+
+def test_a_lab_style_adopted_switch_applies_access_vlans_and_trunks(run: GuestRun) -> None:
+    """Ports connected through adopt_switch (as `lab up` does) get their VLANs and trunks."""
+    found = run.check("lab_vlans")
+    why = run.explain("lab_vlans")
+    assert found["adopted_backend"] == "kernel", why
+    assert found["same_vlan"] and not found["other_vlan"], why
+    assert not found["other_vlan_reverse"], why
+    assert found["trunk_vlan10"] and found["trunk_vlan10_to_vl3"], why
+    assert found["trunk_vlan20"] and not found["trunk_vlan10_to_vlan20_host"], why

@@ -70,12 +70,13 @@ forget = release
 def adopt_switch(name: str, *, vlan_filtering: bool = False) -> Any:
     """A :class:`~vmanager.net.Switch` object for a bridge made earlier (maybe elsewhere).
 
-    Ports can be connected to it; closing it removes nothing.
+    Ports can be connected to it, in their VLANs (the switch's VLAN backend and
+    existing ports are read from the kernel and nftables); closing it removes nothing.
     """
     from vmanager.net import Switch
+    from vmanager.net._switch_state import adopt_state
     sw = Switch(name, vlan_filtering=vlan_filtering, create=False)
-    if not link_exists(name):
-        raise NotFoundError(f"switch {name!r} does not exist")
+    adopt_state(sw)  # its VLAN backend and ports: a port connected now gets its VLAN
     sw._state = Lifecycle.CREATED
     return sw
 

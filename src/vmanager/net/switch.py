@@ -231,8 +231,9 @@ class Switch(Resource):
         if ports:
             forward = [f"iifname {names(ports)} jump isolate",
                        f"oifname {names(ports)} jump isolate"]
-            isolate = [f"iifname {names(m)} oifname {names(m)} accept"
-                       for _vid, m in sorted(members.items())] + ["drop"]
+            # the comment names the VLAN, so another process can adopt the switch
+            isolate = [f'iifname {names(m)} oifname {names(m)} accept comment "vlan {vid}"'
+                       for vid, m in sorted(members.items())] + ["drop"]
         others = [n for vid, m in members.items() if vid != DEFAULT_VLAN for n in m]
         if others:
             local_in = [f"iifname {names(others)} drop"]
