@@ -133,7 +133,8 @@ class Group:
 
         Raises:
             StateError: the group is closed.
-            whatever entering ``obj`` raised (then it is not remembered).
+
+        Whatever entering ``obj`` raised propagates; then it is not remembered.
         """
         self._require_open()
         enter = getattr(obj, "__enter__", None)
@@ -158,8 +159,9 @@ class Group:
 
         Raises:
             StateError: the group is closed.
-            the first failure, after every other object was tried; the rest are
-            logged and added as notes.
+
+        When entering objects fails, the first failure propagates after every
+        other object was tried; the rest are logged and added to it as notes.
         """
         self._require_open()
         items = list(objects)
