@@ -76,3 +76,36 @@ def test_save_and_restore_state(make_machine: MakeMachine, tmp_path: Path) -> No
 
     with pytest.raises(NotFoundError):
         make_machine().restore_state(tmp_path / "nope.state")
+
+
+def test_tcp_migration_refuses_a_local_peer_without_the_key(
+        make_machine: MakeMachine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whoever connects to the TCP listener first must not get to feed the destination."""
+    import socket
+
+    from vmanager.errors import QemuError
+    from vmanager.machine import migration
+
+    src, dst = make_machine(), make_machine()
+    src.start_vm()
+    src.wait_ready(120)
+    real = migration._incoming_tcp_uri
+    rogue: list[socket.socket] = []
+
+    def hijack(m: Machine) -> str:
+        uri = real(m)  # the destination listens: a local user connects first
+        port = int(uri.rsplit(":", 1)[1])
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.sendall(b"QEVM\x00\x00\x00\x03" + b"\x00" * 64)  # a migration stream's header
+        rogue.append(s)
+        return uri
+
+    monkeypatch.setattr(migration, "_incoming_tcp_uri", hijack)
+    try:
+        with pytest.raises(QemuError) as err:
+            src.migrate(dst, transport="tcp", timeout=60)
+    finally:
+        for s in rogue:
+            s.close()
+    assert "TLS" in str(err.value) or "handshake" in str(err.value).lower(), str(err.value)
+    assert src.is_alive() and src.succeed("echo still here").strip() == "still here"

@@ -16,7 +16,7 @@ Exit codes:
 6     invalid configuration or lab file (the message names file, line and field)
 7     the host lacks something or refused (a binary, a permission)
 8     the guest misbehaved (a timeout on its console or shell)
-130   interrupted (Ctrl-C)
+130   interrupted (Ctrl-C); 143 on SIGTERM, 129 on SIGHUP (both roll back like Ctrl-C)
 ====  ==========================================================================
 
 ``vmanager exec`` exits with the guest command's own status instead.
@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
-from vmanager import __version__
+from vmanager import __version__, _signals
 from vmanager.cli import export, images, labs, labtools, machines, remote
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import (
@@ -128,13 +129,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[
         min(args.verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
+    _signals.install()
     try:
         machines.exec_args_ok(args)
         code: int | None = remote.forward(argv, args)  # a machine on a lab's server
         if code is None:
             code = args.func(args)
         return code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, _signals.Terminated) and exc.signum != signal.SIGINT:
+            print(f"stopped by {exc}", file=sys.stderr)
+            return 128 + exc.signum
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except VmanagerError as exc:

@@ -38,13 +38,14 @@ ip link set lo up
 mkdir -p /mnt /root /var/run /var/log /etc/acpi/PWRF
 # The ACPI power button (QMP system_powerdown) powers the guest off.
 acpid -c /etc/acpi -l /var/log/acpid.log
-# virtio_console makes hvc0 a moment after the module loads; the shells need it.
-n=0; while [ ! -c /dev/hvc0 ] && [ $n -lt 100 ]; do usleep 10000; n=$((n+1)); done
+# virtio_console makes the backdoor's port a moment after the module loads.
+n=0; while ! grep -qx vmanager.shell /sys/class/virtio-ports/*/name 2>/dev/null &&
+  [ $n -lt 100 ]; do usleep 10000; n=$((n+1)); done
 """
 
 INITTAB = """::sysinit:/etc/rc
 ttyS0::respawn:/bin/serial-shell
-hvc0::respawn:/bin/backdoor
+::respawn:/bin/backdoor
 tty1::respawn:/bin/vt-shell
 tty2::respawn:/bin/vt-shell
 ::ctrlaltdel:/sbin/reboot
@@ -66,12 +67,23 @@ exec /bin/sh
 """
 
 # The backdoor reads "<id> <timeout> <base64 command>" lines and answers
-# "@@vmresp <id> <status> O<base64 stdout> E<base64 stderr>". raw mode keeps the
-# tty from folding long lines or echoing; the guest-side timeout keeps it usable.
+# "@@vmresp <id> <status> O<base64 stdout> E<base64 stderr>" on the virtio serial
+# port named vmanager.shell. A port is a plain character device: no tty layer,
+# line discipline, echo, job control or hangup, so nothing a VT switch or a
+# console reopen does can stall its input (hvc0 did, about once in 500 switches).
+# While vmanager is disconnected, read sees EOF: the script keeps the port open
+# and polls (closing it would make the kernel discard a command that arrives as
+# vmanager reconnects); an answer written meanwhile waits for the reconnect.
 BACKDOOR = f"""#!/bin/sh
-stty raw -echo 2>/dev/null
 export HOME=/root PATH=/bin:/sbin:/usr/bin:/usr/sbin
+port=
+for d in /sys/class/virtio-ports/*; do
+  [ "$(cat "$d/name" 2>/dev/null)" = vmanager.shell ] && port=/dev/${{d##*/}}
+done
+if [ -z "$port" ]; then sleep 5; exit 1; fi
+exec <>"$port" >&0 2>/dev/null
 echo "{BACKDOOR_HELLO}"
+while :; do
 while read -r id limit cmd; do
   [ -n "$id" ] || continue
   base64 -d > /tmp/.vm-cmd 2>/dev/null <<END
@@ -79,7 +91,7 @@ $cmd
 END
   (cd /root && exec sh /tmp/.vm-cmd) </dev/null >/tmp/.vm-out 2>/tmp/.vm-err &
   pid=$!
-  (sleep "$limit" && kill -9 "$pid") >/dev/null 2>&1 &
+  (sleep "$limit" && kill -9 "$pid") </dev/null >/dev/null 2>&1 &
   dog=$!
   wait "$pid"
   rc=$?
@@ -89,6 +101,8 @@ END
   [ -s /tmp/.vm-out ] && out=$(base64 -w0 < /tmp/.vm-out)
   [ -s /tmp/.vm-err ] && err=$(base64 -w0 < /tmp/.vm-err)
   printf '{BACKDOOR_REPLY} %s %s O%s E%s\\n' "$id" "$rc" "$out" "$err"
+done
+sleep 0.2
 done
 """
 

@@ -53,6 +53,9 @@ class Checker:
                  locate: Callable[[tuple[str, ...]], int | None] | None = None) -> None:
         self.path = path
         self.locate = locate or Locator(source).line
+        #: directories the file's paths may lie in (see lab._confine); its own by default
+        self.allowed: list[Path] = [
+            (path.parent if path.name != "<lab>" else Path.cwd()).resolve()]
 
     def fail(self, where: tuple[str, ...], message: str) -> LabFileError:
         return LabFileError(message, path=str(self.path), line=self.locate(where),

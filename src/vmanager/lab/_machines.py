@@ -10,6 +10,7 @@ from vmanager import validate
 from vmanager.errors import ConfigError
 from vmanager.images import DISTRIBUTIONS
 from vmanager.images.cloudinit import CloudInit
+from vmanager.lab import _confine
 from vmanager.lab import servers as _servers
 from vmanager.lab._check import Checker
 from vmanager.lab.model import DiskSpec, MachineSpec, NicSpec, RouterSpec, SwitchSpec
@@ -55,8 +56,11 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
         raise c.fail((*where, "accel"), f"must be auto, kvm or tcg, not {accel!r}")
     base = path.parent if path.name != "<lab>" else Path.cwd()
 
-    def resolve(value: str) -> str:
-        return str((base / value).resolve())
+    def resolve(value: str, key: tuple[str, ...]) -> str:
+        found = c.check(key, _confine.resolve, base, value)
+        if not _confine.within(found, c.allowed):
+            raise c.fail(key, _confine.outside_message(found, base.resolve()))
+        return str(found)
 
     disks = []
     for i, draw in enumerate(c.typed(body, "disks", list, where, [])):
@@ -71,7 +75,7 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
         fmt = c.typed(d, "format", str, dwhere, "qcow2")
         if fmt not in ("qcow2", "raw"):
             raise c.fail((*dwhere, "format"), f"must be qcow2 or raw, not {fmt!r}")
-        disks.append(DiskSpec(resolve(c.typed(d, "path", str, dwhere)),
+        disks.append(DiskSpec(resolve(c.typed(d, "path", str, dwhere), (*dwhere, "path")),
                               str(size) if size is not None else None, fmt,
                               c.typed(d, "interface", str, dwhere, "virtio")))
     cd = c.typed(body, "cd", str, where)
@@ -108,10 +112,12 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
         nics.append(NicSpec(switch, vlan, vlans, mode,
                             c.typed(n, "model", str, nwhere, "virtio-net-pci"), mac,
                             impairment(c, n, nwhere), mtu))
-    return MachineSpec(mname, guest, resolve(kernel) if kernel else None,
-                       resolve(body["initrd"]) if "initrd" in body else None,
+    return MachineSpec(mname, guest, resolve(kernel, (*where, "kernel")) if kernel else None,
+                       resolve(body["initrd"], (*where, "initrd")) if "initrd" in body
+                       else None,
                        c.typed(body, "append", str, where), memory, cpus, accel,
-                       tuple(disks), resolve(cd) if cd else None, tuple(nics),
+                       tuple(disks), resolve(cd, (*where, "cd")) if cd else None,
+                       tuple(nics),
                        server=_servers.check_server(c, where, body, server_names),
                        cloud_init=cloud_init)
 

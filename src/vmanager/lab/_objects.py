@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from vmanager.errors import ConfigError
+from vmanager.lab import _confine
 from vmanager.lab.record import LabRecord
 from vmanager.lab.spec import HostSpec, Lab, RouterSpec, SwitchSpec
 from vmanager.net import adopt as _net
@@ -73,7 +74,10 @@ def make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
         kwargs = {"subnet": spec.subnet, "trunk_address": spec.trunk_address,
                   "gateway": spec.gateway, "dhcp": spec.dhcp, "dns": spec.dns,
                   "dhcp_hosts": dict(spec.dhcp_hosts)}
-    router = Router(spec.name, trunk=_trunk_ifname(lab, spec), mode=spec.mode,  # type: ignore[arg-type]
+    trunk = _trunk_ifname(lab, spec)
+    if trunk == spec.trunk and not spec.force_trunk:  # an existing host interface
+        _confine.check_trunk(trunk, spec.name)
+    router = Router(spec.name, trunk=trunk, mode=spec.mode,  # type: ignore[arg-type]
                     **kwargs)
     try:
         pid = router.dnsmasq_pid

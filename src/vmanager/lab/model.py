@@ -101,6 +101,8 @@ class RouterSpec:
     server: str | None = None
     #: DHCP reservations: (MAC, IPv4 address) pairs
     dhcp_hosts: tuple[tuple[str, str], ...] = ()
+    #: use a trunk that carries the host's default route (see lab._confine)
+    force_trunk: bool = False
 
 
 @dataclass(frozen=True)

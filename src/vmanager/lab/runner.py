@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmanager import paths
+from vmanager import _signals, paths
 from vmanager.errors import (
     ConfigError,
     NetworkError,
@@ -140,7 +140,8 @@ def _ensure(rec: LabRecord, kind: str, name: str, make: Callable[[], None],
             _remove(item)
             rec.drop(kind, name)
         made.append((kind, name))
-        make()
+        with _signals.deferred():  # a SIGTERM waits until what is made is recorded
+            make()
     return True
 
 

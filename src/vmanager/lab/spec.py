@@ -42,6 +42,7 @@ from pathlib import Path
 
 from vmanager import validate
 from vmanager.errors import ConfigError, LabFileError
+from vmanager.lab import _confine
 from vmanager.lab import servers as _servers
 from vmanager.lab._check import Checker
 from vmanager.lab._machines import apply_links, machine
@@ -92,7 +93,9 @@ def parse(source: str, *, path: str | Path = "<lab>") -> Lab:
     c.keys(data, (), {"lab", "machines", "switches", "routers", "hosts", "links", "servers"},
            {"lab"})
     lab = c.table(data["lab"], ("lab",))
-    c.keys(lab, ("lab",), {"name", "description"}, {"name"})
+    c.keys(lab, ("lab",), {"name", "description", "allow_paths"}, {"name"})
+    c.allowed += [c.check(("lab", "allow_paths"), _confine.resolve, Path("/"), d)
+                  for d in c.typed(lab, "allow_paths", list, ("lab",), [])]
     name = c.check(("lab", "name"), lambda: validate.name(lab["name"], what="lab name"))
     servers = _servers.parse_servers(c, data.get("servers", {}), _base(p))
     server_names = {s.name for s in servers}
@@ -132,7 +135,7 @@ def parse(source: str, *, path: str | Path = "<lab>") -> Lab:
         where = ("routers", rname)
         body = c.table(raw, where)
         c.keys(body, where, {"mode", "trunk", "switch", "subnet", "trunk_address", "gateway",
-                             "dhcp", "dns", "server"}, {"trunk"})
+                             "dhcp", "dns", "server", "force_trunk"}, {"trunk"})
         c.check(where, _router_name, rname)
         mode = c.typed(body, "mode", str, where, "nat")
         if mode not in ("nat", "bridged"):
@@ -163,7 +166,9 @@ def parse(source: str, *, path: str | Path = "<lab>") -> Lab:
         routers.append(RouterSpec(rname, mode, trunk, switch, subnet, taddr, gateway,
                                   c.typed(body, "dhcp", bool, where),
                                   c.typed(body, "dns", bool, where),
-                                  _servers.check_server(c, where, body, server_names)))
+                                  _servers.check_server(c, where, body, server_names),
+                                  force_trunk=bool(c.typed(body, "force_trunk", bool, where,
+                                                           False))))
 
     machines = []
     for mname, raw in c.table(data.get("machines", {}), ("machines",)).items():

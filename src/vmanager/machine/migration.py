@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vmanager.errors import ConfigError, HostError, NotFoundError, QemuError, QMPError, StateError
-from vmanager.machine import _jobs
+from vmanager.machine import _jobs, _migtls
 from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
 from vmanager.machine.state import MigrationProgress, MigrationResult, ProgressCallback
@@ -124,7 +124,8 @@ def migrate(src: Migratable, dst: Migratable, *, transport: str,
         if transport == "unix":
             uri = f"unix:{dst.migration.vm.run_dir / 'migrate.sock'}"
             dst.migration.vm.qmp("migrate-incoming", {"uri": uri})
-        else:
+        else:  # any local user can connect to it: TLS with a one-time key
+            _migtls.authenticate(src.migration.vm, dst.migration.vm)
             dst.migration.vm.qmp("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
             uri = _incoming_tcp_uri(dst)
         src.migration.vm.log.info("migrating to %s over %s", dst.name, uri)
@@ -133,6 +134,8 @@ def migrate(src: Migratable, dst: Migratable, *, transport: str,
         _wait_incoming_done(dst, timeout=60.0)
     except BaseException as exc:
         tail = _log_tail(dst)
+        if transport == "tcp":
+            _migtls.release(src.migration.vm, dst=dst.migration.vm)
         dst.kill()
         _take_back_drives(src, shared)
         if isinstance(exc, QMPError):
@@ -142,6 +145,8 @@ def migrate(src: Migratable, dst: Migratable, *, transport: str,
         if isinstance(exc, QemuError) and tail:
             raise QemuError(f"{exc}\ndestination QEMU said:\n{tail}") from exc
         raise
+    if transport == "tcp":
+        _migtls.release(dst.migration.vm, dst=dst.migration.vm)
     _settle_destination(dst)
     _finish_source(src)
     return result

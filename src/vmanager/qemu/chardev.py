@@ -255,7 +255,7 @@ class ExecResult:
 
 
 class Shell:
-    """The guest's machine-readable root shell on a virtio console (``hvc0``).
+    """The guest's machine-readable root shell on the virtio serial port ``vmanager.shell``.
 
     The guest side reads ``<id> <limit> <base64 command>`` lines and answers
     ``@@vmresp <id> <status> O<base64 stdout> E<base64 stderr>``.
@@ -289,7 +289,8 @@ class Shell:
             self.console.wait_for(self.HELLO, timeout=timeout)
         except ConsoleTimeout as exc:
             raise GuestCommandError(
-                "the guest's backdoor shell on hvc0 never came up (does the guest run one?)",
+                "the guest's backdoor shell (virtio port vmanager.shell) never came up "
+                "(does the guest run one?)",
                 command=command, status=None, output=exc.tail) from exc
         self._ready = True
 
