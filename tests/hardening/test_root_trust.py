@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +133,8 @@ def impostor(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                              "-pidfile", str(web2 / "qemu.pid")])
     try:
+        while not Path(f"/proc/{proc.pid}/cmdline").read_bytes():  # exec still under way
+            time.sleep(0.01)
         (web / "qemu.pid").write_text(f"{proc.pid}\n")
         (web2 / "qemu.pid").write_text(f"{proc.pid}\n")
         yield web, proc.pid

@@ -19,22 +19,29 @@ pytestmark = [pytest.mark.guest, pytest.mark.slow]
 ROUNDS = int(os.environ.get("VMANAGER_VT_ROUNDS", "500"))
 
 
-def _active(m: Machine, want: str) -> None:
-    # the switch is asynchronous: wait in the guest (builtins only) for the kernel
-    out = m.succeed(f"i=0; until read -r a < /sys/class/tty/tty0/active && [ $a = {want} ]; "
-                    "do i=$((i+1)); [ $i -gt 300 ] && exit 1; usleep 10000; done; echo ok",
-                    timeout=30)
-    assert out.strip() == "ok"
+def _switch(m: Machine, key: str, want: str) -> None:
+    """Press ``key``; wait (in the guest, a shell round trip) until ``want`` is active.
+
+    A key press can be lost under load before the kernel sees it (that is not
+    what this test is about), so it is pressed again, a few times at most. The
+    shell must answer every check.
+    """
+    for _ in range(5):
+        m.send_key(key)
+        out = m.succeed(f"i=0; until read -r a < /sys/class/tty/tty0/active && "
+                        f"[ $a = {want} ]; do i=$((i+1)); [ $i -gt 200 ] && break; "
+                        "usleep 10000; done; echo $a", timeout=30)
+        if out.strip() == want:
+            return
+    pytest.fail(f"{want} never became the active VT (the shell kept answering)")
 
 
-@pytest.mark.timeout(1800)
+@pytest.mark.timeout(2400)
 def test_the_shell_answers_through_500_vt_switch_round_trips(shared_machine: Machine) -> None:
     m = shared_machine
     for i in range(ROUNDS):
-        m.send_key("ctrl-alt-f2")
-        _active(m, "tty2")          # a shell round trip right after each switch to tty2
-        m.send_key("ctrl-alt-f1")   # and back; the next round's check follows it
+        _switch(m, "ctrl-alt-f2", "tty2")
+        _switch(m, "ctrl-alt-f1", "tty1")
         if i % 100 == 0:  # chvt from the shell itself as well (the screen tests do)
             m.succeed("chvt 2 && chvt 1", timeout=30)
-    _active(m, "tty1")
     assert m.succeed("echo done").strip() == "done"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 #: Printed on the first serial port once every shell of the guest is up.
 READY_LINE = "vmanager-guest: ready"
-#: Printed by the backdoor shell on hvc0 when it takes commands.
+#: Printed by the backdoor shell on its virtio port when it takes commands.
 BACKDOOR_HELLO = "@@vmready"
 #: Prefix of each backdoor answer line.
 BACKDOOR_REPLY = "@@vmresp"
@@ -70,7 +70,8 @@ exec /bin/sh
 # "@@vmresp <id> <status> O<base64 stdout> E<base64 stderr>" on the virtio serial
 # port named vmanager.shell. A port is a plain character device: no tty layer,
 # line discipline, echo, job control or hangup, so nothing a VT switch or a
-# console reopen does can stall its input (hvc0 did, about once in 500 switches).
+# console reopen does can stall its input (on hvc0, a virtconsole, it sometimes
+# stopped after VT switches).
 # While vmanager is disconnected, read sees EOF: the script keeps the port open
 # and polls (closing it would make the kernel discard a command that arrives as
 # vmanager reconnects); an answer written meanwhile waits for the reconnect.

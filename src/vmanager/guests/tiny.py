@@ -2,7 +2,8 @@
 
 It boots in a few seconds under TCG, prints :data:`READY_LINE` on its first
 serial port, runs root shells on the serial port, on ``tty1``/``tty2`` (VGA) and a
-machine-readable backdoor shell on ``hvc0`` for :meth:`Machine.execute`.
+machine-readable backdoor shell on the virtio serial port ``vmanager.shell`` for
+:meth:`Machine.execute`.
 
 Example::
 

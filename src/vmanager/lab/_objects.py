@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from vmanager.errors import ConfigError
-from vmanager.lab import _confine
+from vmanager import paths
+from vmanager.errors import ConfigError, VmanagerError
+from vmanager.lab import _confine, _owner
 from vmanager.lab.record import LabRecord
 from vmanager.lab.spec import HostSpec, Lab, RouterSpec, SwitchSpec
 from vmanager.net import adopt as _net
@@ -14,10 +16,13 @@ from vmanager.state.process import ProcessIdentity
 
 def make_host(rec: LabRecord, host: HostSpec) -> None:
     from vmanager.net import Interface, Namespace, VirtualNic
+    item = {"kind": "host", "name": host.name, "port": host.port}
+    rec.put({**item, "pending": True})  # recorded before it is made (see runner._remove)
     ns = Namespace(host.name)
-    rec.put({"kind": "host", "name": host.name, "port": host.port})
+    _owner.mark_namespace(rec.name, host.name)
     # tap mode leaves a bridge (PORTb) in the namespace that the host's stack can use
     nic = VirtualNic(host.port, namespace=host.name, mode="tap")
+    _owner.mark_link(rec.name, host.port)
     bridge = nic.tap_bridge
     assert bridge is not None
     inner = Interface(bridge, netns=host.name)
@@ -25,6 +30,7 @@ def make_host(rec: LabRecord, host: HostSpec) -> None:
         inner.add_address(host.address)
     inner.up()
     Interface("lo", netns=host.name).up()
+    rec.put(item)
     _net.forget(nic)
     _net.forget(ns)
 
@@ -33,10 +39,13 @@ def make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
     from vmanager.net import Switch
     if sw.address is not None:
         _require_unrouted(sw.name, sw.address)
-    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering, mtu=sw.mtu)
     vxlan = sw.stretch.ifname if sw.stretch else None
-    rec.put({"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
-             "vxlan": vxlan, "mtu": sw.mtu, "address": sw.address})
+    item = {"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
+            "vxlan": vxlan, "mtu": sw.mtu, "address": sw.address}
+    rec.put({**item, "pending": True})
+    switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering, mtu=sw.mtu)
+    _owner.mark_link(rec.name, sw.name)
+    rec.put(item)
     if sw.address is not None:
         from vmanager.net import Interface
         Interface(sw.name).add_address(sw.address)
@@ -77,9 +86,19 @@ def make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
     trunk = _trunk_ifname(lab, spec)
     if trunk == spec.trunk and not spec.force_trunk:  # an existing host interface
         _confine.check_trunk(trunk, spec.name)
+    # recorded before it is made, with the names Router gives its parts
+    nat = spec.mode == "nat"
+    rec.put({"kind": "router", "name": spec.name, "mode": spec.mode, "pending": True,
+             "lan_port": f"{spec.name}l", "namespace": spec.name if nat else None,
+             "run_dir": str(paths.run_dir() / "net" / f"router-{spec.name}") if nat else None})
     router = Router(spec.name, trunk=trunk, mode=spec.mode,  # type: ignore[arg-type]
                     **kwargs)
     try:
+        if router.namespace:
+            _owner.mark_namespace(rec.name, router.namespace)
+        _owner.mark_link(rec.name, router.lan_port)
+        if spec.mode == "bridged":
+            _owner.mark_link(rec.name, spec.name)
         pid = router.dnsmasq_pid
         ident = ProcessIdentity.of(pid) if pid is not None else None
         rec.put({"kind": "router", "name": spec.name, "mode": spec.mode,
@@ -111,6 +130,15 @@ def connect(rec: LabRecord, switch: str, port: str, *, vlan: int | None = None,
 
 def identity_json(ident: ProcessIdentity) -> dict[str, Any]:
     return {"pid": ident.pid, "argv": list(ident.argv), "starttime": ident.starttime}
+
+
+def dnsmasq_of(run_dir: Path) -> ProcessIdentity | None:
+    """The dnsmasq a router started in ``run_dir`` (its pidfile, checked against its argv)."""
+    try:
+        ident = ProcessIdentity.of(int((run_dir / "dnsmasq.pid").read_text().strip()))
+    except (OSError, ValueError, VmanagerError):
+        return None
+    return ident if f"--pid-file={run_dir / 'dnsmasq.pid'}" in ident.argv else None
 
 
 def identity(data: dict[str, Any]) -> ProcessIdentity:

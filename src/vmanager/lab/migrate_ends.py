@@ -120,7 +120,7 @@ def receive(lab_name: str, machine: str, definition: dict[str, Any], *, stream: 
             with contextlib.suppress(VmanagerError):
                 m.kill()
         with contextlib.suppress(VmanagerError):
-            _remove(item)
+            _remove(item, lab=rec.name)
         rec.drop("machine", machine)
         with contextlib.suppress(VmanagerError):
             if records.find(machine) is not None:
@@ -264,5 +264,5 @@ def _end_here(m: Any) -> None:
     rec = labrec.load(lab_name)
     item = rec.find("machine", name) if rec is not None else None
     if rec is not None and item is not None:
-        _remove(item)
+        _remove(item, lab=rec.name)
         rec.drop("machine", name)

@@ -29,7 +29,7 @@ from vmanager.errors import (
     StateError,
     VmanagerError,
 )
-from vmanager.lab import _objects
+from vmanager.lab import _objects, _owner
 from vmanager.lab import record as labrec
 from vmanager.lab.record import LabRecord
 from vmanager.lab.spec import Lab, MachineSpec
@@ -115,7 +115,7 @@ def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
                 if item is None:
                     continue
                 try:
-                    _remove(item)
+                    _remove(item, lab=lab.name)
                     rec.drop(kind, name)
                 except VmanagerError as exc:
                     failures.append(f"{kind} {name}: {exc}")
@@ -137,7 +137,7 @@ def _ensure(rec: LabRecord, kind: str, name: str, make: Callable[[], None],
         return False
     with step(f"{kind} {name}"):
         if item is not None:  # recorded but (partly) gone: clear the rest first
-            _remove(item)
+            _remove(item, lab=rec.name)
             rec.drop(kind, name)
         made.append((kind, name))
         with _signals.deferred():  # a SIGTERM waits until what is made is recorded
@@ -198,9 +198,11 @@ def start_lab_machine(record: MachineRecord, *, incoming: bool = False) -> Persi
     machine: PersistentMachine | None = None
     try:
         if nic_specs:
-            if _net.namespace_exists(record.name):
+            # left from a previous run of ours: removed; anybody else's: refused
+            if _owner.require_ours(record.lab, netns=record.name):
                 _net.remove_namespace(record.name)  # left from a previous run of ours
             made.append(Namespace(record.name))
+            _owner.mark_namespace(record.lab, record.name)
         nics = []
         for index, n in enumerate(nic_specs):
             nic = VirtualNic(namespace=record.name, mac=n.get("mac") or
@@ -209,8 +211,10 @@ def start_lab_machine(record: MachineRecord, *, incoming: bool = False) -> Persi
                              create=False)
             # The kernel tears a removed namespace down asynchronously: the host end
             # of the previous run's veth can still be there for a moment.
-            _net.remove_link(nic.port)
+            if _owner.require_ours(record.lab, link=nic.port):
+                _net.remove_link(nic.port)
             nic.create()
+            _owner.mark_link(record.lab, nic.port)
             made.append(nic)
             nics.append(nic)
             if n.get("impair"):
@@ -267,7 +271,7 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
                     label = f"{item['kind']} {item['name']}"
                     try:
                         with step(f"removing {label}"):
-                            _remove(item, timeout=timeout, graceful=graceful)
+                            _remove(item, lab=name, timeout=timeout, graceful=graceful)
                         done.append(item)
                         removed.append(label)
                     except VmanagerError as exc:
@@ -286,30 +290,57 @@ def down(name: str, *, step: Step = _no_progress, timeout: float = 60.0,
     return removed
 
 
-def _remove(item: dict[str, Any], *, timeout: float = 30.0, graceful: bool = False) -> None:
+def _remove(item: dict[str, Any], *, lab: str, timeout: float = 30.0,
+            graceful: bool = False) -> None:
+    """Remove a recorded object; a namespace or link not marked as ``lab``'s is refused.
+
+    A ``pending`` item was recorded before it was made: what of it exists without
+    the lab's marker was never made by the lab (a name clash) and is left alone.
+    """
     kind = item["kind"]
+    pending = bool(item.get("pending"))
+
+    def ours(**what: str) -> bool:
+        try:
+            return _owner.require_ours(lab, **what)
+        except ConfigError:
+            if pending:
+                return False
+            raise
+
     if kind == "machine":
+        if item.get("netns"):
+            ours(netns=item["netns"])  # before anything is stopped
         _remove_machine(item, timeout, graceful=graceful)
     elif kind == "router":
-        ident = item.get("dnsmasq")
-        if ident is not None:
-            _stop_process(_objects.identity(ident))
-        if item.get("namespace"):
-            _net.remove_namespace(item["namespace"])
-        _net.remove_link(item["lan_port"])
-        if item.get("mode") == "bridged":
+        ident = _objects.identity(item["dnsmasq"]) if item.get("dnsmasq") else None
+        if pending and item.get("run_dir"):
+            ident = _objects.dnsmasq_of(Path(item["run_dir"]))
+        ns = item.get("namespace")
+        ns_mine = ours(netns=ns) if ns else False
+        port_mine = ours(link=item["lan_port"])
+        if ident is not None and (ns_mine or not pending):
+            _stop_process(ident)
+        if ns and ns_mine:
+            _net.remove_namespace(ns)
+        if port_mine:
+            _net.remove_link(item["lan_port"])
+        if item.get("mode") == "bridged" and ours(link=item["name"]):
             _net.remove_link(item["name"])
-        if item.get("run_dir"):
+        if item.get("run_dir") and (ns_mine or not pending):  # a clash's dir is not ours
             run_dir = Path(item["run_dir"])
             if run_dir.parent == paths.run_dir() / "net":
                 shutil.rmtree(run_dir, ignore_errors=True)
     elif kind == "switch":
-        if item.get("vxlan"):
-            _net.remove_link(item["vxlan"])
-        _net.remove_link(item["name"])
+        if ours(link=item["name"]):
+            if item.get("vxlan"):
+                _net.remove_link(item["vxlan"])
+            _net.remove_link(item["name"])
     elif kind == "host":
-        _net.remove_namespace(item["name"])
-        _net.remove_link(item["port"])
+        if ours(netns=item["name"]):
+            _net.remove_namespace(item["name"])
+        if ours(link=item["port"]):
+            _net.remove_link(item["port"])
 
 
 def _remove_machine(item: dict[str, Any], timeout: float, *, graceful: bool) -> None:

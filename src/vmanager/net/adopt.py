@@ -14,6 +14,7 @@ and, later and maybe elsewhere, adopted or removed through these calls:
 
 from __future__ import annotations
 
+import glob
 from typing import Any
 
 from vmanager.errors import NotFoundError, StateError
@@ -34,10 +35,18 @@ def remove_namespace(name: str) -> None:
 
     The macvtap device nodes made for NICs in it (``<name>.<tap>``) go too.
     """
+    nodes = set()
     if namespace_exists(name):
+        from vmanager.net._netlink import attr, rtnl
+        with rtnl(name) as ipr:  # the devices in it name their nodes exactly
+            nodes = {f"{name}.{attr(m, 'IFLA_IFNAME')}" for m in ipr.link("dump")}
         Namespace(name, create=False)._remove()
-    for node in _device_dir().glob(f"{name}.*"):
-        node.unlink(missing_ok=True)
+    # and nodes left by an earlier run: <name>.<device> where the device part has no
+    # dot, so cleaning up machine "a" never takes "a.b.<device>" of machine "a.b"
+    nodes |= {n.name for n in _device_dir().glob(f"{glob.escape(name)}.*")
+              if "." not in n.name[len(name) + 1:]}
+    for node in nodes:
+        (_device_dir() / node).unlink(missing_ok=True)
 
 
 def link_exists(ifname: str, netns: str | None = None) -> bool:
