@@ -112,3 +112,29 @@ def test_down_refuses_a_bridge_that_is_not_the_labs(tmp_path: Path) -> None:
         assert _net.link_exists(sw), "down removed a bridge the lab did not make"
     r = vm("down", str(path))  # the foreign bridge is gone: nothing of ours is left
     assert r.returncode == 0, r.stderr
+
+
+def test_an_object_is_recorded_before_it_is_made(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Death right after a bridge is made (and marked): the rollback still finds it.
+
+    Before, the record was written after the object was made, and the rollback
+    skipped anything unrecorded.
+    """
+    from vmanager.lab import record as labrec
+    from vmanager.lab import runner, spec
+    t = secrets.token_hex(2)
+    lab, sw = f"o{t}", f"os{t}"
+    path = tmp_path / "lab.toml"
+    path.write_text(f'[lab]\nname = "{lab}"\n[switches.{sw}]\n')
+    real = _owner.mark_link
+
+    def mark_then_die(lab_name: str, ifname: str, netns: str | None = None) -> None:
+        real(lab_name, ifname, netns)
+        raise KeyboardInterrupt  # the process is stopped between making and recording
+
+    monkeypatch.setattr(_owner, "mark_link", mark_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        runner.up(spec.load(path))
+    assert not _net.link_exists(sw), "the bridge made before the interruption was left"
+    assert labrec.load(lab) is None
