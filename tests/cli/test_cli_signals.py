@@ -46,7 +46,7 @@ switch = "{sw}"
 
 [machines.{m}]
 guest = "tiny"
-memory = 160
+memory = 256
 nics = [{{ switch = "{sw}" }}]
 """
 

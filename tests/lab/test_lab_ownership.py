@@ -56,7 +56,7 @@ name = "{lab}"
 
 [machines.{m}]
 guest = "tiny"
-memory = 160
+memory = 256
 nics = [{{ switch = "{sw}" }}]
 """
 

@@ -34,17 +34,17 @@ vlan_filtering = true
 
 [machines.{a}]
 guest = "tiny"
-memory = 160
+memory = 256
 nics = [{{ switch = "{sw}", vlan = 10 }}]
 
 [machines.{b}]
 guest = "tiny"
-memory = 160
+memory = 256
 nics = [{{ switch = "{sw}", vlan = 10 }}]
 
 [machines.{c}]
 guest = "tiny"
-memory = 160
+memory = 256
 nics = [{{ switch = "{sw}", vlan = 20 }}]
 """
 

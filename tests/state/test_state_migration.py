@@ -80,15 +80,22 @@ def test_save_and_restore_state(make_machine: MakeMachine, tmp_path: Path) -> No
 
 def test_tcp_migration_refuses_a_local_peer_without_the_key(
         make_machine: MakeMachine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Whoever connects to the TCP listener first must not get to feed the destination."""
+    """Whoever connects to the TCP listener first must not get to feed the destination.
+
+    A local process connects before the source and sends a migration stream's
+    header. Without authentication QEMU takes that first connection as the
+    migration and fails on it; with the one-time TLS key it refuses the
+    stranger's handshake and the real migration arrives.
+    """
     import socket
 
-    from vmanager.errors import QemuError
     from vmanager.machine import migration
 
     src, dst = make_machine(), make_machine()
     src.start_vm()
     src.wait_ready(120)
+    marker = f"ram-{secrets.token_hex(6)}"
+    src.succeed(f"echo {marker} > /tmp/marker")
     real = migration._incoming_tcp_uri
     rogue: list[socket.socket] = []
 
@@ -102,10 +109,9 @@ def test_tcp_migration_refuses_a_local_peer_without_the_key(
 
     monkeypatch.setattr(migration, "_incoming_tcp_uri", hijack)
     try:
-        with pytest.raises(QemuError) as err:
-            src.migrate(dst, transport="tcp", timeout=60)
+        src.migrate(dst, transport="tcp", timeout=120)
     finally:
         for s in rogue:
             s.close()
-    assert "TLS" in str(err.value) or "handshake" in str(err.value).lower(), str(err.value)
-    assert src.is_alive() and src.succeed("echo still here").strip() == "still here"
+    assert rogue, "the stranger never connected"
+    assert dst.succeed("cat /tmp/marker").strip() == marker

@@ -75,6 +75,10 @@ exec /bin/sh
 # While vmanager is disconnected, read sees EOF: the script keeps the port open
 # and polls (closing it would make the kernel discard a command that arrives as
 # vmanager reconnects); an answer written meanwhile waits for the reconnect.
+# Right after a reconnect the port can report EOF in the middle of a line (the
+# data is there before the kernel learns the host is back): the part read so
+# far is kept and the rest appended. vmanager starts each command with a
+# newline, so a line a vanished host left half-written never prefixes it.
 BACKDOOR = f"""#!/bin/sh
 export HOME=/root PATH=/bin:/sbin:/usr/bin:/usr/sbin
 port=
@@ -84,9 +88,18 @@ done
 if [ -z "$port" ]; then sleep 5; exit 1; fi
 exec <>"$port" >&0 2>/dev/null
 echo "{BACKDOOR_HELLO}"
+set -f  # no globbing when a line is split into its fields
+line=
 while :; do
-while read -r id limit cmd; do
-  [ -n "$id" ] || continue
+  if ! IFS= read -r part; then
+    line="$line$part"
+    sleep 0.2
+    continue
+  fi
+  set -- $line$part
+  line=
+  id=$1 limit=$2 cmd=$3
+  [ -n "$id" ] && [ -n "$cmd" ] || continue
   base64 -d > /tmp/.vm-cmd 2>/dev/null <<END
 $cmd
 END
@@ -102,8 +115,6 @@ END
   [ -s /tmp/.vm-out ] && out=$(base64 -w0 < /tmp/.vm-out)
   [ -s /tmp/.vm-err ] && err=$(base64 -w0 < /tmp/.vm-err)
   printf '{BACKDOOR_REPLY} %s %s O%s E%s\\n' "$id" "$rc" "$out" "$err"
-done
-sleep 0.2
 done
 """
 

@@ -307,7 +307,8 @@ class Shell:
             limit = max(1, math.ceil(deadline - time.monotonic()))
             encoded = base64.b64encode(command.encode()).decode()
             self.console.mark()  # the answer comes after this; older output is not read
-            self.console.write(f"{ident} {limit} {encoded}\n")
+            # the leading newline ends any line a vanished client left half-written
+            self.console.write(f"\n{ident} {limit} {encoded}\n")
             regex = re.compile(rf"@@vmresp {re.escape(ident)} (\S*) O(\S*) E(\S*)\r?\n")
             try:
                 found = self.console.wait_for(regex, timeout=limit + 5, overrun_fails=True)
