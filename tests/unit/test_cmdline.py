@@ -40,7 +40,7 @@ def test_minimal_machine_has_sockets_consoles_display_and_memory() -> None:
     assert chardevs[2] == "socket,id=shell,fd=5,server=on,wait=on"
     devices = _opt(argv, "-device")
     assert devices == ["virtio-serial-pci,id=vser0",
-                       "virtconsole,chardev=shell,name=vmanager.shell,id=shell0",
+                       "virtserialport,chardev=shell,name=vmanager.shell,id=shell0",
                        "virtio-tablet-pci,id=vm-tablet",
                        "virtio-balloon-pci,id=balloon0,free-page-reporting=on"]
     assert _opt(argv, "-vnc") == ["none"] and _opt(argv, "-display") == ["none"]

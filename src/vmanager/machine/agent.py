@@ -199,8 +199,8 @@ class GuestCommands(Part):
                 elif agent_up.is_set():
                     self.via = "agent"
                 elif time.monotonic() >= deadline:
-                    what = ("the backdoor shell on hvc0 nor the guest agent"
-                            if self._agent.enabled else "the backdoor shell on hvc0 (the "
+                    what = ("the backdoor shell nor the guest agent"
+                            if self._agent.enabled else "the backdoor shell (the "
                             "machine has no guest agent channel)")
                     raise GuestCommandError(f"{self._vm.name}: neither {what} answered "
                                             f"within {timeout} s", command=command,

@@ -1,4 +1,4 @@
-"""The guest's backdoor shell on hvc0 (``m.shell``): run commands, wait for them to succeed.
+"""The guest's backdoor shell (``m.shell``): run commands, wait for them to succeed.
 
 The guest must run vmanager's backdoor shell, as the tiny guest does. The
 NixOS test driver's verbs: ``execute``, ``succeed``, ``fail``,
@@ -39,7 +39,7 @@ class GuestShell(Part):
         return True
 
     def execute(self, command: str, timeout: float = 60.0) -> ExecResult:
-        """Run ``command`` in the guest's backdoor shell (hvc0).
+        """Run ``command`` in the guest's backdoor shell (virtio port vmanager.shell).
 
         Returns an :class:`ExecResult` (``status, stdout = m.execute(...)``).
         The guest must run vmanager's backdoor shell, as the tiny guest does.

@@ -181,7 +181,8 @@ def build(spec: MachineSpec) -> list[str]:
             "-serial", f"chardev:{SERIAL_ID}",
             "-device", f"virtio-serial-pci,id={VSERIAL_ID}",
             "-chardev", f"socket,id={SHELL_ID},fd={s.shell_fd},server=on,wait=on",
-            "-device", f"virtconsole,chardev={SHELL_ID},name={SHELL_PORT_NAME},"
+            # a port, not a console: no tty layer in the guest (see guests/_scripts.py)
+            "-device", f"virtserialport,chardev={SHELL_ID},name={SHELL_PORT_NAME},"
                        f"id={SHELL_DEVICE}"]
     if spec.agent_fd is not None:
         argv += ["-chardev", f"socket,id={AGENT_ID},fd={spec.agent_fd},server=on,wait=off",
