@@ -148,8 +148,10 @@ class _Guest:
         self.buf = b""
 
     def answer_next(self) -> None:
+        self.buf = self.buf.lstrip(b"\n")  # each command starts with a newline
         while b"\n" not in self.buf:
             self.buf += self.sock.recv(65536)
+            self.buf = self.buf.lstrip(b"\n")
         line, self.buf = self.buf.split(b"\n", 1)
         ident = line.split(b" ", 1)[0]
         self.sock.sendall(self.reply.replace(b"{id}", ident))

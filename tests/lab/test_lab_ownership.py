@@ -20,7 +20,7 @@ from pyroute2 import IPRoute
 
 from vmanager.lab import _owner
 from vmanager.net import Namespace, Switch, VirtualNic, list_namespaces, stable_mac
-from vmanager.state import _net
+from vmanager.net import adopt as _net
 
 pytestmark = [pytest.mark.net]
 

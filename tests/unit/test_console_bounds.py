@@ -95,7 +95,7 @@ class FakeShellGuest:
             if not chunk:
                 return
             buf += chunk
-        ident = buf.split(b" ", 1)[0].decode()
+        ident = buf.lstrip(b"\n").split(b" ", 1)[0].decode()
         data = self.reply(ident)
         for i in range(0, len(data), 65536):
             try:
