@@ -27,6 +27,7 @@ from vmanager.net import stable_mac
 LAB = """
 [lab]
 name = "Office_1"
+allow_paths = ["/srv"]   # its disk and CD are outside the lab file's directory
 
 [hosts.out]
 port = "o1-up"
