@@ -43,7 +43,9 @@ def lab_text(sim: Simulation, name: str, kernel: Path, initrd: Path, append: str
     """The demo's lab file for simulation ``sim``."""
     boot = f'kernel = "{kernel}"\ninitrd = "{initrd}"\nappend = "{append}"'
     servers = sim.servers_toml(vmanager=" ".join(VMANAGER))
-    return (f'[lab]\nname = "{name}"\ndescription = "two servers, one stretched switch"\n\n'
+    return (f'[lab]\nname = "{name}"\ndescription = "two servers, one stretched switch"\n'
+            # the guest's kernel and initrd are in the cache, not beside the lab file
+            'allow_paths = ["/"]\n\n'
             f"{servers}\n[switches.{name}-lan]\n\n"
             f'[machines.{name}-a]\n{boot}\nmemory = 256\nserver = "s1"\n'
             f'nics = [{{ switch = "{name}-lan" }}]\n\n'

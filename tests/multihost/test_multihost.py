@@ -66,6 +66,7 @@ def two_server_lab(sim: Simulation, tmp_path: Path, *, extra: str = "",
     body = f"""
 [lab]
 name = "{n['lab']}"
+allow_paths = ["/"]  # the tiny guest's kernel and disks live outside this directory
 
 {sim.servers_toml(vmanager=VMANAGER)}
 [switches.{n['sw']}]
