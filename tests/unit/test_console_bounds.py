@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from vmanager.errors import ConsoleTimeout, GuestCommandError
-from vmanager.qemu._logrotate import RotatingLog
 from vmanager.qemu.chardev import Console, Shell
+from vmanager.qemu.logrotate import RotatingLog
 
 
 @pytest.fixture

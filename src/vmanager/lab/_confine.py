@@ -11,10 +11,8 @@ its network) unless the router says ``force_trunk = true``.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from vmanager.errors import ConfigError, NetworkError
 
@@ -40,36 +38,11 @@ def outside_message(path: Path, base: Path) -> str:
             "allows any path)")
 
 
-def uplink_indexes(ipr: Any) -> set[int]:
-    """Interfaces that carry a default route, and the bridges/bonds above them."""
-    found: set[int] = set()
-    for family in (socket.AF_INET, socket.AF_INET6):
-        for route in ipr.get_default_routes(family=family):
-            oif = route.get_attr("RTA_OIF")
-            if oif:
-                found.add(int(oif))
-            for hop in route.get_attr("RTA_MULTIPATH") or []:
-                found.add(int(hop["oif"]))
-    for index in list(found):
-        links = ipr.link("get", index=index)
-        master = links[0].get_attr("IFLA_MASTER") if links else None
-        if master:
-            found.add(int(master))
-    return found
-
-
 def check_trunk(trunk: str, router: str) -> None:
     """Refuse ``trunk`` if the host's default route goes out through it (or below it)."""
-    from vmanager.net._netlink import rtnl
-    with rtnl() as ipr:
-        indexes = ipr.link_lookup(ifname=trunk)
-        if not indexes:
-            return  # the router reports a missing trunk itself
-        index = int(indexes[0])
-        below = {int(m["index"]) for m in ipr.link("dump")
-                 if m.get_attr("IFLA_MASTER") == index}
-        if ({index} | below) & uplink_indexes(ipr):
-            raise NetworkError(
-                f"router {router!r}: trunk {trunk!r} carries this host's default route; "
-                "using it would cut the host off its network and put the lab on it. Use a "
-                "[hosts] entry as the outside, or set force_trunk = true on the router")
+    from vmanager.net.labels import carries_default_route
+    if carries_default_route(trunk):
+        raise NetworkError(
+            f"router {router!r}: trunk {trunk!r} carries this host's default route; "
+            "using it would cut the host off its network and put the lab on it. Use a "
+            "[hosts] entry as the outside, or set force_trunk = true on the router")

@@ -9,10 +9,8 @@ it carries the lab's own marker, and refuses (naming the object) otherwise.
 
 from __future__ import annotations
 
-from typing import Any
-
-from vmanager.errors import ConfigError, NotFoundError
-from vmanager.net._netlink import kernel_call, lookup, rtnl
+from vmanager.errors import ConfigError
+from vmanager.net.labels import link_alias, set_link_alias
 
 PREFIX = "vmanager-lab:"
 
@@ -21,21 +19,9 @@ def marker(lab: str) -> str:
     return PREFIX + lab
 
 
-def _alias(ipr: Any, ifname: str) -> str | None:
-    index = lookup(ipr, ifname)
-    if index is None:
-        return None
-    return str(ipr.link("get", index=index)[0].get_attr("IFLA_IFALIAS") or "")
-
-
 def mark_link(lab: str, ifname: str, netns: str | None = None) -> None:
     """Label ``ifname`` (in ``netns``) as made by ``lab``."""
-    with rtnl(netns) as ipr:
-        index = lookup(ipr, ifname)
-        if index is None:
-            return
-        with kernel_call("label", ifname, netns):
-            ipr.link("set", index=index, ifalias=marker(lab))
+    set_link_alias(ifname, marker(lab), netns)
 
 
 def mark_namespace(lab: str, netns: str) -> None:
@@ -45,11 +31,7 @@ def mark_namespace(lab: str, netns: str) -> None:
 
 def link_owner(ifname: str, netns: str | None = None) -> str | None:
     """The lab that made ``ifname``; ``""`` if not a lab's; ``None`` if there is no such link."""
-    try:
-        with rtnl(netns) as ipr:
-            alias = _alias(ipr, ifname)
-    except NotFoundError:
-        return None
+    alias = link_alias(ifname, netns)
     if alias is None:
         return None
     return alias[len(PREFIX):] if alias.startswith(PREFIX) else ""

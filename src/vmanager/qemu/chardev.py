@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Final
 
 from vmanager import _aio
 from vmanager.errors import ConsoleTimeout, GuestCommandError, GuestError
-from vmanager.qemu._history import DEFAULT_LIMIT, ERROR_TAIL, History
-from vmanager.qemu._logrotate import RotatingLog
+from vmanager.qemu.history import DEFAULT_LIMIT, ERROR_TAIL, History
+from vmanager.qemu.logrotate import RotatingLog
 
 if TYPE_CHECKING:
     from vmanager.qemu.login import SerialSession

@@ -79,7 +79,7 @@ def connect_unix(path: Path, *, timeout: float = 10.0) -> socket.socket:
 
 def log_tail(path: Path, lines: int = 25) -> str:
     """The last lines of a log file, or '' if there is none."""
-    from vmanager.qemu._logrotate import read_tail
+    from vmanager.qemu.logrotate import read_tail
     data = read_tail(path, 16384)
     return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
 

@@ -27,8 +27,8 @@ from vmanager.errors import HostError, VmanagerError
 from vmanager.machine import Machine
 from vmanager.machine.recorder import RunInfo
 from vmanager.qemu import launch
-from vmanager.qemu._history import DEFAULT_LIMIT
-from vmanager.qemu._logrotate import RotatingLog
+from vmanager.qemu.history import DEFAULT_LIMIT
+from vmanager.qemu.logrotate import RotatingLog
 from vmanager.state import records
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
 from vmanager.state.recorder import FileRecorder, session_lock
