@@ -19,21 +19,18 @@ with its own MAC and ``trunk_address``, so nothing is taken from the host.
 
 from __future__ import annotations
 
-import grp
 import ipaddress
 import logging
 import os
-import pwd
-import signal
 import subprocess
-import time
 import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from vmanager import paths, validate
-from vmanager.errors import ConfigError, HostError, NetworkError, NotFoundError
+from vmanager.errors import ConfigError, NetworkError, NotFoundError
+from vmanager.net import _dnsmasq as dnsmasq
 from vmanager.net._netlink import (
     attr,
     delete_link,
@@ -44,7 +41,7 @@ from vmanager.net._netlink import (
     require_absent,
     rtnl,
 )
-from vmanager.net._nsexec import popen, write_file
+from vmanager.net._nsexec import write_file
 from vmanager.net._port import PortLike, port_ifname
 from vmanager.net._resource import Resource, UndoStack
 from vmanager.net.host import sys_command
@@ -350,69 +347,24 @@ class Router(Resource):
 
     def _dnsmasq_argv(self, rundir: Path) -> list[str]:
         assert self.subnet is not None and self.address is not None
-        hosts = list(self.subnet.hosts())
-        first, last = hosts[len(hosts) // 2], hosts[-1]
-        argv = ["dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
-                f"--pid-file={rundir / 'dnsmasq.pid'}", "--log-facility=-",
-                f"--interface={LAN_IF}", "--bind-interfaces", "--no-hosts", "--no-resolv",
-                f"--domain={self.domain}", f"--local=/{self.domain}/",
-                *_unprivileged_user(),
-                # a guest can ask for leases without end: log no routine DHCP traffic
-                "--quiet-dhcp", "--quiet-dhcp6", "--quiet-ra"]
-        if self.dns:
-            argv += [f"--host-record=router.{self.domain},{self.address.ip}",
-                     *(f"--server={s}" for s in self.upstream_dns)]
-        else:
-            argv += ["--port=0"]
-        if self.dhcp:
-            argv += [f"--dhcp-range={first},{last},{self.subnet.netmask},1h",
-                     f"--dhcp-leasefile={rundir / 'leases'}", "--dhcp-authoritative",
-                     # The LAN is ours alone: probing each address with a ping before
-                     # offering it only costs seconds per client.
-                     "--no-ping",
-                     f"--dhcp-option=option:router,{self.address.ip}",
-                     *(f"--dhcp-host={mac},{ip}" for mac, ip in self.dhcp_hosts.items())]
-            if not self.dns:
-                argv += ["--dhcp-option=option:dns-server"]
-        return argv
+        return dnsmasq.argv(rundir=rundir, lan_if=LAN_IF, subnet=self.subnet,
+                            address=self.address, domain=self.domain, dns=self.dns,
+                            upstream_dns=self.upstream_dns, dhcp=self.dhcp,
+                            dhcp_hosts=self.dhcp_hosts)
 
     def _start_dnsmasq(self, undo: UndoStack, timeout: float = 10.0) -> None:
         rundir = paths.private_dir(paths.run_dir() / "net" / f"router-{self.name}")
         self.run_dir = rundir
-        undo.push(f"remove {rundir}", lambda: _remove_tree(rundir))
-        argv = self._dnsmasq_argv(rundir)
-        logfile = rundir / "dnsmasq.log"
-        with open(logfile, "wb") as log_out:
-            try:
-                proc = popen(argv, netns=self.name, stdin=subprocess.DEVNULL,
-                             stdout=log_out, stderr=subprocess.STDOUT)
-            except OSError as exc:
-                raise HostError(f"cannot start dnsmasq for router {self.name!r}: {exc}") from exc
-        self._process = proc
+        undo.push(f"remove {rundir}", lambda: dnsmasq.remove_tree(rundir))
+        self._process = dnsmasq.spawn(self._dnsmasq_argv(rundir), rundir=rundir,
+                                      netns=self.name, router=self.name)
         undo.push("stop dnsmasq", self._stop_dnsmasq)
-        pidfile = rundir / "dnsmasq.pid"
-        deadline = time.monotonic() + timeout
-        while not (pidfile.exists() and pidfile.read_text().strip()):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                tail = logfile.read_text(errors="replace")[-2000:]
-                what = (f"exited with status {proc.returncode}" if proc.returncode is not None
-                        else f"did not start within {timeout} s")
-                raise HostError(f"dnsmasq for router {self.name!r} {what}:\n{tail}")
-            time.sleep(0.02)
-        log.info("router %s: dnsmasq running as pid %d", self.name, proc.pid)
+        dnsmasq.wait_started(self._process, rundir=rundir, router=self.name, timeout=timeout)
 
     def _stop_dnsmasq(self) -> None:
         proc, self._process = self._process, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=STOP_TIMEOUT)
-        log.info("router %s: dnsmasq stopped", self.name)
+        if proc is not None:
+            dnsmasq.stop(proc, router=self.name, timeout=STOP_TIMEOUT)
 
     def leases(self) -> list[tuple[str, str]]:
         """Current DHCP leases as ``(mac, ip)`` pairs (NAT mode with DHCP).
@@ -431,27 +383,3 @@ class Router(Resource):
         except OSError as exc:
             raise NetworkError(f"cannot read leases of router {self.name!r}: {exc}") from exc
         return [(f[1], f[2]) for f in (line.split() for line in lines) if len(f) >= 3]
-
-
-def _remove_tree(path: Path) -> None:
-    if not path.exists():
-        return
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
-
-def _unprivileged_user() -> list[str]:
-    """dnsmasq drops root after binding: to its own user if there is one, else nobody.
-
-    It opens its pid and lease files (in the router's 0700 run directory) first.
-    """
-    for user in ("dnsmasq", "nobody"):
-        try:
-            entry = pwd.getpwnam(user)
-        except KeyError:
-            continue
-        return [f"--user={user}", f"--group={grp.getgrgid(entry.pw_gid).gr_name}"]
-    raise HostError("dnsmasq needs an unprivileged user to run as: neither 'dnsmasq' nor "
-                    "'nobody' exists on this host")
