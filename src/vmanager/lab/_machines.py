@@ -15,8 +15,8 @@ from vmanager.lab import servers as _servers
 from vmanager.lab._check import Checker
 from vmanager.lab.model import DiskSpec, MachineSpec, NicSpec, RouterSpec, SwitchSpec
 from vmanager.net import impair
+from vmanager.net.addresses import validate_mtu
 from vmanager.net.impair import Impairment
-from vmanager.net.nic import validate_mtu
 
 
 def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSpec],

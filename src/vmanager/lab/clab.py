@@ -43,7 +43,7 @@ from vmanager.lab.model import (
     RouterSpec,
     SwitchSpec,
 )
-from vmanager.net.nic import stable_mac, validate_mtu
+from vmanager.net.addresses import stable_mac, validate_mtu
 
 SUFFIXES = (".clab.yml", ".clab.yaml")
 DEFAULT_SUBNET = "172.20.20.0/24"

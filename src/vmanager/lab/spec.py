@@ -55,7 +55,7 @@ from vmanager.lab.model import (
     RouterSpec,
     SwitchSpec,
 )
-from vmanager.net.nic import validate_mtu
+from vmanager.net.addresses import validate_mtu
 
 __all__ = ["DiskSpec", "HostSpec", "Lab", "MachineSpec", "NicSpec", "RouterSpec",
            "SwitchSpec", "load", "parse"]

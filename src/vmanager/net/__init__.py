@@ -11,6 +11,7 @@ Many objects are made and removed faster together: :class:`Group`,
 from vmanager.net._batch import batch_removal
 from vmanager.net._port import Pluggable, PortLike
 from vmanager.net._resource import Lifecycle
+from vmanager.net.addresses import random_mac, stable_mac
 from vmanager.net.bond import BOND_MODES, Bond
 from vmanager.net.errors import LinkError
 from vmanager.net.group import Group, teardown
@@ -25,7 +26,7 @@ from vmanager.net.host import (
     sys_command,
 )
 from vmanager.net.namespace import Namespace, list_namespaces
-from vmanager.net.nic import VirtualNic, random_mac, stable_mac
+from vmanager.net.nic import VirtualNic
 from vmanager.net.router import Router
 from vmanager.net.switch import Switch, SwitchPort
 from vmanager.net.vxlan import Vxlan

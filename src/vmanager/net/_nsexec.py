@@ -23,6 +23,11 @@ from vmanager.net._nsthread import open_tun
 
 TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+#: a tap as QEMU expects it: no packet info, a virtio-net header
+TAP_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
 
 HELPER = str(Path(__file__).with_name("_nshelper.py"))
 _ENTER_FAILED = 111
@@ -89,13 +94,27 @@ def tun_open(netns: str, ifname: str, flags: int, *, persist: bool = False,
         fd = open_tun(netns_path(netns), timeout=timeout)
     except OSError as exc:
         raise HostError(f"cannot open /dev/net/tun in namespace {netns!r}: {exc}") from exc
+    return _attach(fd, ifname, flags, persist, where=f" in namespace {netns!r}")
+
+
+def tun_open_here(ifname: str, flags: int, *, persist: bool = False) -> int:
+    """:func:`tun_open` in the caller's own namespace (no namespace switch is involved)."""
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HostError(f"cannot open /dev/net/tun: {exc}") from exc
+    return _attach(fd, ifname, flags, persist, where="")
+
+
+def _attach(fd: int, ifname: str, flags: int, persist: bool, *, where: str) -> int:
+    """TUNSETIFF (and TUNSETPERSIST) on ``fd``; the fd is closed if that fails."""
     try:
         fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), flags))
         if persist:
             fcntl.ioctl(fd, TUNSETPERSIST, 1)
     except OSError as exc:
         os.close(fd)
-        raise HostError(f"cannot attach to tap {ifname!r} in namespace {netns!r}: "
+        raise HostError(f"cannot create or attach to tap {ifname!r}{where}: "
                         f"{exc.strerror}") from exc
     return fd
 

@@ -26,12 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import hashlib
 import logging
 import os
 import stat
-import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,9 +47,10 @@ from vmanager.net._netlink import (
     rtnl,
     rtnl_and_sysfs,
 )
-from vmanager.net._nsexec import read_file, tun_open
+from vmanager.net._nsexec import TAP_FLAGS, read_file, tun_open, tun_open_here
 from vmanager.net._nsthread import read_at
 from vmanager.net._resource import Resource, UndoStack
+from vmanager.net.addresses import random_mac, validate_mtu
 from vmanager.qemu import cmdline
 
 if TYPE_CHECKING:
@@ -66,46 +64,6 @@ NicMode = Literal["macvtap", "tap"]
 MODES: tuple[str, ...] = ("macvtap", "tap")
 #: ``port`` is NAME, ``sink`` NAME+"s", the device NAME+"t", the tap bridge NAME+"b".
 NAME_MAX = validate.IFNAME_MAX - 1
-
-IFF_TAP = 0x0002
-IFF_NO_PI = 0x1000
-IFF_VNET_HDR = 0x4000
-TUNSETIFF = 0x400454CA
-TUNSETPERSIST = 0x400454CB
-TAP_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
-
-
-def stable_mac(machine_name: str, index: int) -> str:
-    """A locally administered unicast MAC derived from ``(machine_name, index)``.
-
-    The same machine and index always give the same address, so a guest keeps
-    its interface names and DHCP leases across restarts. The prefix ``52:54``
-    is QEMU's usual one (locally administered, unicast).
-
-    >>> stable_mac("web", 0)
-    '52:54:e3:cd:a8:ac'
-    """
-    validate.name(machine_name, what="machine name")
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ConfigError(f"NIC index must be a non-negative integer, got {index!r}")
-    digest = hashlib.sha256(f"{machine_name}/{index}".encode()).digest()
-    return "52:54:" + ":".join(f"{b:02x}" for b in digest[:4])
-
-
-def validate_mtu(value: object) -> int:
-    """An MTU in bytes: 68 (IPv4's minimum) to 65535.
-
-    >>> validate_mtu(9000)
-    9000
-    """
-    if isinstance(value, bool) or not isinstance(value, int) or not 68 <= value <= 65535:
-        raise ConfigError(f"mtu: must be 68 to 65535 bytes, not {value!r}")
-    return value
-
-
-def random_mac() -> str:
-    """A random locally administered unicast MAC with the ``52:54`` prefix."""
-    return "52:54:" + ":".join(f"{b:02x}" for b in os.urandom(4))
 
 
 def _device_dir() -> Path:
@@ -286,7 +244,7 @@ class VirtualNic(Resource):
     def _add_tap(self, ipr: Any, undo: UndoStack) -> None:
         ns = self.namespace
         if ns is None:
-            fd = _tun_attach_here(self.device, persist=True)
+            fd = tun_open_here(self.device, TAP_FLAGS, persist=True)
         else:
             fd = tun_open(ns, self.device, TAP_FLAGS, persist=True)
         os.close(fd)
@@ -388,7 +346,7 @@ class VirtualNic(Resource):
                                 f"{exc.strerror}") from exc
         try:
             if self.namespace is None:
-                return _tun_attach_here(self.device, persist=False)
+                return tun_open_here(self.device, TAP_FLAGS)
             return tun_open(self.namespace, self.device, TAP_FLAGS)
         except (OSError, NetworkError) as exc:
             raise HostError(f"cannot attach to tap {self.device!r}: {exc}") from exc
@@ -444,15 +402,3 @@ class VirtualNic(Resource):
         """``-netdev``/``-device`` arguments for QEMU using descriptor ``fd``."""
         return cmdline.nic_args([cmdline.NicSpec(index, fd, self.model, self.mac, mtu=self.mtu)])
 
-
-def _tun_attach_here(ifname: str, *, persist: bool) -> int:
-    """TUNSETIFF in our own namespace (no namespace switch is involved)."""
-    fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-    try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), TAP_FLAGS))
-        if persist:
-            fcntl.ioctl(fd, TUNSETPERSIST, 1)
-    except OSError as exc:
-        os.close(fd)
-        raise HostError(f"cannot create or attach tap {ifname!r}: {exc.strerror}") from exc
-    return fd

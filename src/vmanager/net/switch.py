@@ -117,7 +117,7 @@ class Switch(Resource):
                  mtu: int | None = None, create: bool = True) -> None:
         super().__init__()
         self.name = validate.ifname(name, what="switch name")
-        from vmanager.net.nic import validate_mtu
+        from vmanager.net.addresses import validate_mtu
         #: the bridge's MTU, set explicitly so the kernel keeps it (jumbo frames);
         #: ``None``: the kernel's default (the smallest port's)
         self.mtu = validate_mtu(mtu) if mtu is not None else None
