@@ -6,7 +6,9 @@ import sys
 from pathlib import Path
 
 from vmanager.guests import _build
-from vmanager.guests.pyguest import _interpreter, _needed, _read_cpio
+from vmanager.guests._elf import interpreter as _interpreter
+from vmanager.guests._elf import needed as _needed
+from vmanager.guests.pyguest import _read_cpio
 
 
 def test_cpio_reader_reads_back_what_the_writer_wrote() -> None:
