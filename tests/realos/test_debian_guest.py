@@ -121,7 +121,24 @@ def _veth_into(host_end: str, netns: str, address: str) -> None:
         ipr.link("set", index=index, state="up")
 
 
+@pytest.mark.allow_leaks  # checked below: the machine's own namespace may stay
 def test_hot_plugged_nic_gets_a_predictable_name_dhcp_and_ssh(deb: Debian) -> None:
+    m = deb.m
+    before = _net_objects()
+    _hot_plugged_nic(deb)
+    # The first NIC makes the machine's namespace, which lives as long as the
+    # machine (the module's); any other namespace or link the test made is a leak.
+    if not os.environ.get("VMANAGER_TEST_SHARED_HOST"):
+        namespaces, links = (now - was for now, was in zip(_net_objects(), before, strict=True))
+        assert namespaces <= {m.name} and not links, f"test leaked: {namespaces} {links}"
+
+
+def _net_objects() -> tuple[set[str], set[str]]:
+    netns = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+    return netns, set(os.listdir("/sys/class/net"))
+
+
+def _hot_plugged_nic(deb: Debian) -> None:
     m = deb.m
     outside = Namespace(unique_name("o"))
     client = Namespace(unique_name("c"))
