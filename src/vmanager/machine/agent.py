@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from vmanager.errors import AgentError, GuestCommandError, StateError
 from vmanager.machine.base import State
+from vmanager.machine.guest_exec import CommandVerbs
 from vmanager.machine.part import Launch, MachineView, Part
 from vmanager.qemu import launch as _launch
 from vmanager.qemu.agent import GuestAgent
@@ -139,7 +140,7 @@ class AgentChannel(GuestAgent, Part):
         self.close()
 
 
-class GuestCommands(Part):
+class GuestCommands(CommandVerbs, Part):
     """Guest commands over the backdoor shell when there is one, else the guest agent."""
 
     key = "commands"
@@ -240,39 +241,6 @@ class GuestCommands(Part):
                                     command=command, status=None, output="") from exc
         return ExecResult(out.status, out.stdout.decode(errors="replace"),
                           out.stderr.decode(errors="replace"))
-
-    def succeed(self, command: str, timeout: float = 60.0) -> str:
-        """Run ``command`` and return its stdout; :class:`GuestCommandError` unless 0."""
-        result = self.execute(command, timeout=timeout)
-        if result.status != 0:
-            raise GuestCommandError(f"{self._vm.name}: command failed", command=command,
-                                    status=result.status, output=result.stdout,
-                                    stderr=result.stderr)
-        return result.stdout
-
-    def fail(self, command: str, timeout: float = 60.0) -> str:
-        """Run ``command`` and return its stdout; raise if it *succeeds*."""
-        result = self.execute(command, timeout=timeout)
-        if result.status == 0:
-            raise GuestCommandError(f"{self._vm.name}: command unexpectedly succeeded",
-                                    command=command, status=0, output=result.stdout)
-        return result.stdout
-
-    def wait_until_succeeds(self, command: str, timeout: float = 60.0,
-                            interval: float = 0.5) -> str:
-        """Retry ``command`` until it exits 0; return its stdout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            result = self.execute(command, timeout=max(1.0, left))
-            if result.status == 0:
-                return result.stdout
-            if time.monotonic() + interval > deadline:
-                raise GuestCommandError(f"{self._vm.name}: command did not succeed within "
-                                        f"{timeout} s", command=command,
-                                        status=result.status, output=result.stdout,
-                                        stderr=result.stderr)
-            time.sleep(interval)
 
     def thaw_after_load(self) -> None:
         """After a snapshot is loaded: thaw file systems a quiesced snapshot left frozen."""

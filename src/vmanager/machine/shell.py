@@ -11,11 +11,12 @@ import time
 
 from vmanager.errors import GuestCommandError
 from vmanager.machine.base import State
+from vmanager.machine.guest_exec import CommandVerbs
 from vmanager.machine.part import MachineView, Part
 from vmanager.qemu.chardev import Console, ExecResult, Shell
 
 
-class GuestShell(Part):
+class GuestShell(CommandVerbs, Part):
     """Commands in the guest over a virtio console."""
 
     key = "shell"
@@ -46,42 +47,6 @@ class GuestShell(Part):
         """
         self._vm.require(State.RUNNING, action="execute a command")
         return self._shell.execute(command, timeout=timeout)
-
-    def succeed(self, command: str, timeout: float = 60.0) -> str:
-        """Run ``command`` in the guest and return its stdout.
-
-        Raises :class:`GuestCommandError` (status, stdout, stderr) unless it exits 0.
-        """
-        result = self.execute(command, timeout=timeout)
-        if result.status != 0:
-            raise GuestCommandError(f"{self._vm.name}: command failed", command=command,
-                                    status=result.status, output=result.stdout,
-                                    stderr=result.stderr)
-        return result.stdout
-
-    def fail(self, command: str, timeout: float = 60.0) -> str:
-        """Run ``command`` and return its stdout; raise if it *succeeds*."""
-        result = self.execute(command, timeout=timeout)
-        if result.status == 0:
-            raise GuestCommandError(f"{self._vm.name}: command unexpectedly succeeded",
-                                    command=command, status=0, output=result.stdout)
-        return result.stdout
-
-    def wait_until_succeeds(self, command: str, timeout: float = 60.0,
-                            interval: float = 0.5) -> str:
-        """Retry ``command`` until it exits 0; return its stdout."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            result = self.execute(command, timeout=max(1.0, left))
-            if result.status == 0:
-                return result.stdout
-            if time.monotonic() + interval > deadline:
-                raise GuestCommandError(f"{self._vm.name}: command did not succeed within "
-                                        f"{timeout} s", command=command,
-                                        status=result.status, output=result.stdout,
-                                        stderr=result.stderr)
-            time.sleep(interval)
 
     def wait_ready(self, timeout: float = 120.0) -> float:
         """Wait until the guest's backdoor shell takes commands; return seconds since start."""
