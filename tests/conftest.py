@@ -36,6 +36,30 @@ MARK_ENV = "VMANAGER_TEST_RUN"
 #: Unique per test run (a nested pytest run gets its own, so runs never mix).
 _RUN_MARK = f"{os.getpid()}-{secrets.token_hex(8)}"
 os.environ[MARK_ENV] = _RUN_MARK
+#: The session's own process. A forked child (a library's helper, a test's
+#: fork) that gets back into pytest must never run tests or the session's
+#: teardown: it would tear down shared machines and remove this run's files.
+_SESSION_PID = os.getpid()
+
+
+def _exit_if_forked_copy() -> None:
+    if os.getpid() != _SESSION_PID:
+        os._exit(70)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item) -> None:
+    _exit_if_forked_copy()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_keyboard_interrupt() -> None:
+    _exit_if_forked_copy()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish() -> None:
+    _exit_if_forked_copy()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -45,6 +69,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    _exit_if_forked_copy()
     shutil.rmtree(_SESSION_DIR, ignore_errors=True)
 
 

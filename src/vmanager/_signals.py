@@ -6,12 +6,20 @@ Ctrl-C. A signal that arrives inside :func:`deferred` (making an object and
 recording it) is raised when the section ends, so nothing is made without
 being recorded for the rollback. After the first signal, later ones are noted,
 not obeyed: the rollback runs to its end (SIGKILL still stops everything).
+
+The handlers are installed only for the duration of :func:`installed` and then
+restored, so a program that calls the CLI in-process keeps its own. A process
+forked while they are installed (a library's helper child) dies of the signal
+as it would by default: the exception is meant for the process that installed
+them, and raised in a forked copy it would run that copy's cleanup (a test
+session's teardown, a lab's rollback) a second time.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -33,10 +41,16 @@ class Terminated(KeyboardInterrupt):
 _depth = 0
 _pending: int | None = None
 _fired = False
+_owner: int | None = None
 
 
 def _handler(signum: int, _frame: FrameType | None) -> None:
     global _pending, _fired
+    if os.getpid() != _owner:
+        # A forked child inherited the handler: die of the signal, as by default.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        os._exit(128 + signum)
     if _fired:
         log.warning("%s: already stopping (rolling back); SIGKILL stops at once",
                     signal.Signals(signum).name)
@@ -48,15 +62,25 @@ def _handler(signum: int, _frame: FrameType | None) -> None:
     raise Terminated(signum)
 
 
-def install() -> bool:
-    """Handle SIGTERM, SIGHUP and SIGINT as :class:`Terminated` (main thread only)."""
-    global _fired, _pending
+@contextlib.contextmanager
+def installed() -> Iterator[bool]:
+    """Handle SIGTERM, SIGHUP and SIGINT as :class:`Terminated` inside the block.
+
+    Yields whether they were installed (only the main thread can); the previous
+    handlers come back when the block ends.
+    """
+    global _fired, _pending, _owner
     if threading.current_thread() is not threading.main_thread():
-        return False
-    _fired, _pending = False, None
-    for signum in SIGNALS:
-        signal.signal(signum, _handler)
-    return True
+        yield False
+        return
+    _fired, _pending, _owner = False, None, os.getpid()
+    old = {signum: signal.signal(signum, _handler) for signum in SIGNALS}
+    try:
+        yield True
+    finally:
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
+        _owner = None
 
 
 @contextlib.contextmanager

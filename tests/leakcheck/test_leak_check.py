@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,3 +87,39 @@ def test_leak_check_fails_a_leaking_test_and_kills_what_it_leaked(tmp_path: Path
     finally:
         for pid in _sleepers(tag):
             os.kill(pid, signal.SIGKILL)
+
+
+ESCAPING = '''
+import os, tempfile
+from pathlib import Path
+
+def test_a_forked_copy_escapes_into_pytest():
+    pid = os.fork()
+    if pid == 0:
+        raise KeyboardInterrupt  # a helper child whose signal handler raised
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 70, status
+    Path(os.environ["ESCAPE_REPORT"]).write_text(tempfile.gettempdir())
+
+def test_the_session_goes_on_with_its_files():
+    assert Path(tempfile.gettempdir()).is_dir()
+'''
+
+
+def test_a_forked_copy_of_the_session_exits_without_tearing_it_down(tmp_path: Path) -> None:
+    """A forked child that gets back into pytest exits at once (status 70): it runs no
+    teardown and does not remove the session's temporary directory."""
+    for name in ("conftest.py", "vmtest_util.py"):
+        shutil.copy(TESTS / name, tmp_path / name)
+    (tmp_path / "test_inner.py").write_text(ESCAPING)
+    report = tmp_path / "report"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VMANAGER_")}
+    env |= {"VMANAGER_TEST_SHARED_HOST": "1", "PYTHONPATH": str(tmp_path),
+            "ESCAPE_REPORT": str(report)}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+         "--rootdir", str(tmp_path), "-c", os.devnull, str(tmp_path)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "2 passed" in out, out
+    assert report.read_text().startswith(tempfile.gettempdir()), out

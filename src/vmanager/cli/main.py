@@ -129,13 +129,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[
         min(args.verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
-    _signals.install()
     try:
-        machines.exec_args_ok(args)
-        code: int | None = remote.forward(argv, args)  # a machine on a lab's server
-        if code is None:
-            code = args.func(args)
-        return code
+        with _signals.installed():
+            machines.exec_args_ok(args)
+            code: int | None = remote.forward(argv, args)  # a machine on a lab's server
+            if code is None:
+                code = args.func(args)
+            return code
     except KeyboardInterrupt as exc:
         if isinstance(exc, _signals.Terminated) and exc.signum != signal.SIGINT:
             print(f"stopped by {exc}", file=sys.stderr)
