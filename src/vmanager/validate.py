@@ -120,3 +120,21 @@ def path(value: object, *, what: str = "path") -> Path:
     if "\0" in text:
         raise ConfigError(f"{what} {text!r} contains a NUL byte")
     return Path(os.path.abspath(text))
+
+
+def index(value: object, *, what: str = "index") -> int:
+    """A non-negative integer (``bool`` is refused: ``True`` is not an index)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{what} must be a non-negative integer, got {value!r}")
+    return value
+
+
+def snapshot_name(value: object, *, max_len: int) -> str:
+    """A snapshot name QEMU cannot take for a snapshot id (not all digits)."""
+    checked = name(value, what="snapshot name", max_len=max_len)
+    if checked.isdigit():
+        # QEMU's monitor looks snapshots up by id before name; an all-digit name
+        # could silently pick a different snapshot there.
+        raise ConfigError(f"snapshot name {checked!r} is all digits and could be taken for a "
+                          "snapshot id; add a letter")
+    return checked

@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmanager import paths, validate
-from vmanager.errors import ConfigError, NotFoundError, StateError, StorageError
+from vmanager.errors import NotFoundError, StateError, StorageError
 from vmanager.machine import _jobs
 from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
 from vmanager.machine.state import STATE_DISK_NAME
 from vmanager.qemu.cmdline import STATE_NODE
 from vmanager.qemu.qmp import map_qmp_errors
+from vmanager.storage.harddrive import SNAPSHOT_NAME_MAX
 
 if TYPE_CHECKING:
     from vmanager.machine.disks import Disks
@@ -135,7 +136,7 @@ class Snapshots(Part):
         a disk cannot be snapshotted, :class:`ConfigError` for a bad name.
         """
         vm = self._vm
-        name = _snapshot_name(name)
+        name = validate.snapshot_name(name, max_len=SNAPSHOT_NAME_MAX)
         vm.monitor()
         nodes = self._nodes(create=True)
         if any(s.name == name for s in self.entries()):
@@ -162,7 +163,7 @@ class Snapshots(Part):
         exist; the machine is untouched then.
         """
         vm = self._vm
-        name = _snapshot_name(name)
+        name = validate.snapshot_name(name, max_len=SNAPSHOT_NAME_MAX)
         vm.monitor()
         self._require(name)
         nodes = self._nodes(create=False)
@@ -178,7 +179,7 @@ class Snapshots(Part):
         Raises :class:`NotFoundError` if there is none of that name.
         """
         vm = self._vm
-        name = _snapshot_name(name)
+        name = validate.snapshot_name(name, max_len=SNAPSHOT_NAME_MAX)
         vm.monitor()
         self._require(name)
         nodes = self._nodes(create=False)
@@ -193,12 +194,3 @@ class Snapshots(Part):
             names = ", ".join(repr(s.name) for s in have) or "none"
             raise NotFoundError(f"machine {self._vm.name!r} has no snapshot {name!r} "
                                 f"(snapshots: {names})")
-
-
-def _snapshot_name(name: object) -> str:
-    checked = validate.name(name, what="snapshot name", max_len=128)
-    if checked.isdigit():
-        # QEMU looks snapshots up by id before name; an all-digit name could match an id.
-        raise ConfigError(f"snapshot name {checked!r} is all digits and could be taken for a "
-                          "snapshot id; add a letter")
-    return checked

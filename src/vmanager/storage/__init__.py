@@ -6,10 +6,11 @@ happens here with ``qemu-img`` and an ISO tool; live work on a running machine
 uses :meth:`Harddrive.qemu_args`/:meth:`CD.qemu_args` node names and device ids.
 """
 
-from vmanager.storage.cd import CD, CDUser
+from vmanager.storage.cd import CD
 from vmanager.storage.chain import BackingEscapeError
-from vmanager.storage.harddrive import DiskUser, Harddrive
+from vmanager.storage.harddrive import Harddrive
 from vmanager.storage.qemu_img import ImageInfo, QemuImgError, SnapshotInfo
+from vmanager.storage.users import CDUser, DiskUser
 
 __all__ = [
     "CD",

@@ -21,12 +21,12 @@ import tempfile
 import weakref
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
 
 from vmanager import hostcmd, validate
 from vmanager.errors import ConfigError, HostError, NotFoundError, StateError
 from vmanager.qemu import blockdev as _blockdev
 from vmanager.storage.qemu_img import StrPath
+from vmanager.storage.users import CDUser
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +38,6 @@ ISO_TIMEOUT = 120.0
 # ISO 9660 allows 32 characters; cloud-init wants "cidata" in lower case, so this is
 # looser than the standard's d-characters, as both tools are.
 _VOLID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
-
-
-class CDUser(Protocol):
-    """What a running machine offers a :class:`CD` in its drive.
-
-    The machine (``vmanager.machine``) implements this; storage never imports it.
-    """
-
-    @property
-    def name(self) -> str:
-        """The machine's name, for error messages."""
-
-    def eject_cd(self, cd: CD) -> None:
-        """Take ``cd`` out of the machine's drive (the guest sees an empty drive)."""
 
 
 class CD:

@@ -23,7 +23,7 @@ import logging
 import os
 import shlex
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -32,6 +32,7 @@ from vmanager.errors import ConfigError, NotFoundError, StateError, StorageError
 from vmanager.qemu import blockdev as _blockdev
 from vmanager.storage import chain, qemu_img
 from vmanager.storage.qemu_img import ImageInfo, SnapshotInfo, StrPath
+from vmanager.storage.users import DiskUser
 
 log = logging.getLogger(__name__)
 
@@ -39,20 +40,6 @@ SizeLike = int | str
 
 #: Snapshot names longer than this are refused (qcow2 itself allows 64 KiB).
 SNAPSHOT_NAME_MAX = 128
-
-
-class DiskUser(Protocol):
-    """What a running machine offers a :class:`Harddrive` it has attached.
-
-    The machine (``vmanager.machine``) implements this; storage never imports it.
-    """
-
-    @property
-    def name(self) -> str:
-        """The machine's name, for error messages."""
-
-    def disk_snapshots(self, drive: Harddrive) -> Sequence[SnapshotInfo]:
-        """The drive's internal snapshots as the running QEMU sees them (QMP)."""
 
 
 class Harddrive:
@@ -278,7 +265,7 @@ class Harddrive:
         Raises :class:`ConfigError` for a bad name, :class:`StorageError` if one of
         that name exists or the image is not qcow2.
         """
-        name = _snapshot_name(name)
+        name = validate.snapshot_name(name, max_len=SNAPSHOT_NAME_MAX)
         current = self._snapshot_target("snapshot")
         if current.snapshot(name) is not None:
             raise StorageError(f"{self.path} already has a snapshot called {name!r}")
@@ -295,14 +282,14 @@ class Harddrive:
 
         Raises :class:`NotFoundError` naming the snapshots that do exist.
         """
-        name = _snapshot_name(name)
+        name = validate.snapshot_name(name, max_len=SNAPSHOT_NAME_MAX)
         self._require_snapshot(self._snapshot_target("apply a snapshot to"), name)
         qemu_img.snapshot(self.path, "apply", name, fmt=self.format)
         log.info("%s: applied snapshot %s", self.path, name)
 
     def delete_snapshot(self, name: str) -> None:
         """Delete snapshot ``name`` (offline). Raises :class:`NotFoundError` if absent."""
-        name = _snapshot_name(name)
+        name = validate.snapshot_name(name, max_len=SNAPSHOT_NAME_MAX)
         self._require_snapshot(self._snapshot_target("delete a snapshot of"), name)
         qemu_img.snapshot(self.path, "delete", name, fmt=self.format)
         log.info("%s: deleted snapshot %s", self.path, name)
@@ -350,11 +337,11 @@ class Harddrive:
 
     def node_name(self, index: int) -> str:
         """The block node name of the disk's format node for ``qemu_args(index)``."""
-        return _blockdev.disk_id(_index(index))
+        return _blockdev.disk_id(validate.index(index, what="drive index"))
 
     def device_id(self, index: int) -> str:
         """The ``-device`` id for ``qemu_args(index)`` (QMP ``id`` arguments use it)."""
-        return _blockdev.disk_id(_index(index))
+        return _blockdev.disk_id(validate.index(index, what="drive index"))
 
     def layers(self) -> tuple[_blockdev.Layer, ...]:
         """The image chain QEMU is to open, top first, as the chain check accepted it.
@@ -409,19 +396,3 @@ class Harddrive:
 
 class _Builder(Protocol):
     def __call__(self, tmp: Path, /) -> None: ...
-
-
-def _index(index: int) -> int:
-    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-        raise ConfigError(f"drive index must be a non-negative integer, got {index!r}")
-    return index
-
-
-def _snapshot_name(name: object) -> str:
-    checked = validate.name(name, what="snapshot name", max_len=SNAPSHOT_NAME_MAX)
-    if checked.isdigit():
-        # QEMU's monitor looks snapshots up by id before name; an all-digit name
-        # could silently pick a different snapshot there.
-        raise ConfigError(f"snapshot name {checked!r} is all digits and could be taken for a "
-                          "snapshot id; add a letter")
-    return checked
