@@ -6,7 +6,8 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from _cli import ok, vm
+
+from vmcli import ok, vm
 
 
 def unique_name(prefix: str) -> str:

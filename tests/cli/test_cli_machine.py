@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
-from _cli import js, ok, py, vm
 
 from vmanager import Machine
 from vmanager.cli.main import EXIT_NOT_FOUND, EXIT_STATE, EXIT_USAGE
 from vmanager.guests._scripts import READY_LINE
+from vmcli import js, ok, py, vm
 
 pytestmark = pytest.mark.guest
 

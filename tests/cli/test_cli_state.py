@@ -10,11 +10,11 @@ import sys
 import time
 
 import pytest
-from _cli import js, ok, vm
 
 from vmanager.cli.main import EXIT_STALE, EXIT_STATE
 from vmanager.state import FileLock, MachineRecord, Runtime, lock_path, locked, records
 from vmanager.state.process import Liveness, ProcessIdentity, read_starttime
+from vmcli import js, ok, vm
 from vmtest_util import unique_name
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 import pytest
-from _cli import js, ok, vm
 
 from vmanager.cli.main import EXIT_GUEST
 from vmanager.qemu.launch import pid_alive
+from vmcli import js, ok, vm
 from vmtest_util import unique_name
 
 pytestmark = pytest.mark.guest

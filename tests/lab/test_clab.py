@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from vmanager import lab as labs
 from vmanager.errors import LabFileError
 from vmanager.net import stable_mac
 from vmanager.state.persist import attach, detach
+from vmcli import ok, vm
 
 TOPO = """\
 name: {name}
@@ -134,17 +134,6 @@ def test_a_disk_image_node_boots_from_that_file(tmp_path: Path) -> None:
 
 
 # -- in guests ---------------------------------------------------------------------------
-
-def vm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-
-
-def ok(*args: str) -> str:
-    r = vm(*args)
-    assert r.returncode == 0, f"vmanager {' '.join(args)} -> {r.returncode}\n{r.stderr}"
-    return r.stdout
-
 
 @pytest.fixture(scope="module")
 def clab(tiny: object,

@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import pytest
 from vmanager.lab import record as labrec
 from vmanager.net import list_namespaces
 from vmanager.state import records
+from vmcli import ok, vm
 
 pytestmark = [pytest.mark.guest, pytest.mark.net]
 
@@ -26,17 +25,6 @@ if os.geteuid() != 0:
 
 DHCP = ("ip link set eth0 up && udhcpc -i eth0 -q -n -t 5 -T 1 "
         "-s /usr/share/udhcpc/default.script")
-
-
-def vm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-
-
-def ok(*args: str) -> str:
-    r = vm(*args)
-    assert r.returncode == 0, f"vmanager {' '.join(args)} -> {r.returncode}\n{r.stderr}"
-    return r.stdout
 
 
 def links() -> set[str]:

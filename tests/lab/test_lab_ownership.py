@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,16 +19,12 @@ from pyroute2 import IPRoute
 from vmanager.lab import _owner
 from vmanager.net import Namespace, Switch, VirtualNic, list_namespaces, stable_mac
 from vmanager.net import adopt as _net
+from vmcli import vm
 
 pytestmark = [pytest.mark.net]
 
 if os.geteuid() != 0:
     pytest.skip("labs need root (namespaces, bridges)", allow_module_level=True)
-
-
-def vm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
 
 
 def test_cleaning_up_machine_a_leaves_the_device_nodes_of_machine_a_b() -> None:

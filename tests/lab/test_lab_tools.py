@@ -23,22 +23,12 @@ import pytest
 from vmanager import lab as labs
 from vmanager.net import Interface, VirtualNic, stable_mac
 from vmanager.state.persist import attach, detach
+from vmcli import ok, vm
 
 pytestmark = [pytest.mark.guest, pytest.mark.net]
 
 if os.geteuid() != 0:
     pytest.skip("labs need root (namespaces, bridges)", allow_module_level=True)
-
-
-def vm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-
-
-def ok(*args: str) -> str:
-    r = vm(*args)
-    assert r.returncode == 0, f"vmanager {' '.join(args)} -> {r.returncode}\n{r.stderr}"
-    return r.stdout
 
 
 LAB = """

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from vmanager.lab import record as labrec
+from vmcli import ok, vm
 
 pytestmark = [pytest.mark.guest, pytest.mark.net]
 
@@ -49,17 +48,6 @@ nics = [{{ switch = "{sw}", vlan = 20 }}]
 """
 
 
-def vm(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args],
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-
-
-def ok(*args: str) -> str:
-    r = vm(*args)
-    assert r.returncode == 0, f"vmanager {' '.join(args)} -> {r.returncode}\n{r.stderr}"
-    return r.stdout
-
-
 def names() -> dict[str, str]:
     t = secrets.token_hex(2)
     return {"lab": f"v{t}", "sw": f"vs{t}", "a": f"va{t}", "b": f"vb{t}", "c": f"vc{t}"}
@@ -71,7 +59,7 @@ def test_vlan_10_and_20_of_one_lab_switch_cannot_reach_each_other(tiny: Any,
     path = tmp_path / "lab.toml"
     path.write_text(LAB.format(**n))
     try:
-        ok("up", str(path), "--wait-ready")
+        ok("up", str(path), "--wait-ready", timeout=600)
         for i, m in enumerate(("a", "b", "c"), start=1):
             ok("exec", n[m], "--", f"ip link set eth0 up && ip addr add 10.66.0.{i}/24 dev eth0")
         ok("exec", n["a"], "--", "ping -c 2 -W 3 10.66.0.2")       # VLAN 10 <-> 10

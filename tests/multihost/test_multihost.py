@@ -20,6 +20,7 @@ import pytest
 
 from vmanager.guests import TinyGuest
 from vmanager.multihost import Simulation
+from vmcli import ok, vm
 from vmtest_util import unique_name
 
 pytestmark = [pytest.mark.guest, pytest.mark.net]
@@ -31,18 +32,6 @@ if not Path("/usr/sbin/sshd").exists():
                 allow_module_level=True)
 
 VMANAGER = f"{sys.executable} -m vmanager.cli.main"
-
-
-def vm(*args: str, timeout: float = 300, input: str | None = None
-       ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args], input=input,
-                          capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-
-
-def ok(*args: str, **kwargs: Any) -> str:
-    r = vm(*args, **kwargs)
-    assert r.returncode == 0, f"vmanager {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
-    return r.stdout
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 
 
 def vm(*args: str, input: str | None = None,
-       timeout: float = 180) -> subprocess.CompletedProcess[str]:
+       timeout: float = 300) -> subprocess.CompletedProcess[str]:
     """Run ``vmanager ARGS`` in a new process (same state/run dirs as the tests)."""
     return subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args], input=input,
                           capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
