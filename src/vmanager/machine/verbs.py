@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vmanager.machine.base import State
 from vmanager.machine.control import ControlVerbs
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     )
     from vmanager.net import VirtualNic
     from vmanager.qemu.chardev import ExecResult
-    from vmanager.qemu.qmp import Monitor
     from vmanager.storage import CD, Harddrive, SnapshotInfo
 
 
@@ -67,15 +66,7 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
     commands: GuestCommands
     _proc: Process | None
 
-    def qmp(self, command: str, arguments: dict[str, Any] | None = None, *,
-            timeout: float = 60.0) -> Any:
-        raise NotImplementedError
-
-    def _require_monitor(self) -> Monitor:
-        raise NotImplementedError
-
-    def _require_state(self, *states: State, action: str) -> None:
-        raise NotImplementedError
+    # qmp, _require_monitor and _require_state: declared by ControlVerbs
 
     def is_alive(self) -> bool:
         raise NotImplementedError
