@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,17 @@ def test_stop_leaves_nothing(make_machine: Callable[..., Machine]) -> None:
     assert not Path(f"/proc/{pid}").exists(), "QEMU was not reaped"
     assert not run.exists()
     m.stop()  # idempotent
+
+
+def test_wait_ready_leaves_no_agent_probe_behind(make_machine: Callable[..., Machine]) -> None:
+    """The shell answers first on the tiny guest; the thread that pinged the agent
+    meanwhile is woken and gone when wait_ready returns (it used to sit in a 2 s
+    read holding the agent's lock, so detach() after it took about 1.5 s)."""
+    m = make_machine()
+    m.start_vm()
+    m.wait_ready(120)
+    probes = [t.name for t in threading.enumerate() if t.name == f"{m.name}-agent-probe"]
+    assert probes == []
 
 
 def test_context_manager_stops_the_machine(tiny: TinyGuest) -> None:

@@ -213,6 +213,11 @@ class GuestCommands(CommandVerbs, Part):
                 return self.via
         finally:
             stop.set()
+            if prober is not None and prober.is_alive():
+                # The shell won (or the wait failed): wake the probe from its
+                # read, so it neither lingers nor holds the agent up for seconds.
+                self._agent.close()
+                prober.join(1.0)
 
     def wait_ready(self, timeout: float = 120.0) -> float:
         """Wait until the backdoor shell or the guest agent answers; seconds since start."""

@@ -11,6 +11,7 @@ connection is dropped and the next call synchronises again. Lines are bounded
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import secrets
@@ -46,7 +47,15 @@ class AgentLink:
 
     # -- connection ----------------------------------------------------------------
     def close(self) -> None:
-        """Drop the connection; idempotent. A later call connects again."""
+        """Drop the connection; idempotent. A later call connects again.
+
+        A call waiting for the guest in another thread is woken (it fails with
+        AgentError) rather than holding the close up until its own timeout.
+        """
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
         with self._lock:
             self._drop()
 
