@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -140,3 +143,15 @@ def test_errors_have_documented_exit_codes(cli_machine: str) -> None:
     r = vm("--json", "stop", "no-such-vm")
     assert json.loads(r.stderr)["exit_code"] == EXIT_NOT_FOUND
     assert vm("define", cli_machine, "--guest", "tiny").returncode == EXIT_STATE
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly() -> None:
+    """``vmanager --json list | head -0``: exit 141 like other Unix tools, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "vmanager.cli.main", "--json", "list"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=os.environ.copy())
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command has printed anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141, err
+    assert "Traceback" not in err, err

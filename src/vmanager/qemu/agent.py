@@ -111,7 +111,7 @@ class GuestAgent(AgentLink):
             if status.get("exited") is True:
                 return self._exec_output(status, killed)
             if time.monotonic() >= deadline and not killed:
-                self._log.warning("%s: %s still runs after %s s; killing it", self.name,
+                self._log.warning("%s: %s still runs after %.0f s; killing it", self.name,
                                   argv, timeout)
                 self.call("guest-exec", {"path": "/bin/sh", "arg": ["-c", _KILL_TREE, "sh",
                                                                      str(pid)]})
