@@ -116,7 +116,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     try:
         boot = None
         if args.wait_ready:
-            with progress.step(f"waiting for {args.name}'s shell"):
+            with progress.step(f"waiting for {args.name} (its shell or guest agent)"):
                 boot = machine.wait_ready(timeout=args.timeout)
         info = {"name": args.name, "pid": machine.pid, "accel": machine.accel,
                 "ready_after": round(boot, 2) if boot is not None else None}

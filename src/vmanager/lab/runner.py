@@ -102,7 +102,7 @@ def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
                     started.append(m.name)
             if wait_ready:
                 for name in started:
-                    with step(f"waiting for {name}'s shell"):
+                    with step(f"waiting for {name} (its shell or guest agent)"):
                         machine = attach(name, timeout=timeout)
                         try:
                             machine.wait_ready(timeout)
