@@ -57,6 +57,26 @@ def _parse_disk(text: str) -> dict[str, Any]:
     return disk
 
 
+def _cloud_init_file(text: str) -> dict[str, Any]:
+    """A ``--cloud-init`` file: TOML or JSON with the keys of :class:`~vmanager.CloudInit`."""
+    import json
+    import tomllib
+
+    from vmanager.images.cloudinit import CloudInit
+    path = Path(text)
+    try:
+        raw = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"--cloud-init {text}: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw)
+    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        raise ConfigError(f"--cloud-init {text}: not valid "
+                          f"{'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from exc
+    CloudInit.from_mapping(data)  # names the bad field now, not at start
+    return dict(data)
+
+
 def cmd_define(args: argparse.Namespace) -> int:
     definition: dict[str, Any] = {
         "memory": args.memory, "cpus": args.cpus, "accel": args.accel, "nics": args.nics,
@@ -65,12 +85,14 @@ def cmd_define(args: argparse.Namespace) -> int:
     }
     if args.guest:
         definition["guest"] = args.guest
+    if args.cloud_init:
+        definition["cloud_init"] = _cloud_init_file(args.cloud_init)
     elif args.kernel:
         definition.update(kernel=str(Path(args.kernel).resolve()),
                           initrd=str(Path(args.initrd).resolve()) if args.initrd else None,
                           append=args.append)
     elif not definition["disks"] and not definition["cd"]:
-        raise ConfigError("nothing to boot: give --guest tiny, --kernel, --disk or --cd")
+        raise ConfigError("nothing to boot: give --guest, --kernel, --disk or --cd")
     record = records.MachineRecord(args.name, definition=definition, persistent=True)
     # build once without starting: validates names, sizes and files now
     state.build_machine(record, for_attach=True)
@@ -285,7 +307,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add("define", cmd_define, "record a machine definition (persistent, like virsh define)")
     p.add_argument("name")
     boot = p.add_mutually_exclusive_group()
-    boot.add_argument("--guest", choices=("tiny",), help="boot vmanager's tiny test guest")
+    from vmanager.images import DISTRIBUTIONS
+    boot.add_argument("--guest", choices=("tiny", *sorted(DISTRIBUTIONS)),
+                      help="boot vmanager's tiny test guest, or an overlay of an image "
+                      "vmanager builds (debian-12: built and cached on first start)")
     boot.add_argument("--kernel", help="boot this kernel directly")
     p.add_argument("--initrd")
     p.add_argument("--append", help="kernel command line")
@@ -297,6 +322,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--cd", metavar="ISO")
     p.add_argument("--nics", type=int, default=0,
                    help="NICs in the machine's own network namespace")
+    p.add_argument("--cloud-init", metavar="FILE",
+                   help="a cloud-init seed for the machine: a TOML (or .json) file with "
+                   "the keys of a lab's cloud_init table (hostname, users, password, "
+                   "ssh_authorized_keys, runcmd, packages, network_config)")
     p.add_argument("--force", action="store_true", help="replace an existing definition")
     p = add("undefine", cmd_undefine, "forget a stopped machine's definition")
     p.add_argument("name")
