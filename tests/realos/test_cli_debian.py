@@ -40,9 +40,10 @@ def test_define_start_exec_stop_a_debian_machine(debian_image: images.Image,
         assert record["state"] == "running"
     finally:
         vm("stop", name, timeout=120)
-        vm("undefine", name)
-        overlay.unlink(missing_ok=True)
+        undefined = vm("undefine", name)
+    assert undefined.returncode == 0, undefined.stderr
     assert not [m for m in js("list") if m["name"] == name]
+    assert not overlay.exists(), "undefine left the disk vmanager made for the machine"
 
 
 def test_a_bad_cloud_init_file_names_the_field(tmp_path: Path) -> None:

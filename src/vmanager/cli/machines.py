@@ -15,7 +15,7 @@ from vmanager.cli import console
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import ConfigError, ShutdownTimeout, StateError
 from vmanager.state import records
-from vmanager.state.persist import PersistentMachine
+from vmanager.state.persist import PersistentMachine, remove_image_overlay
 
 #: Ctrl-] leaves ``vmanager console``, as in telnet and virsh.
 ESCAPE = b"\x1d"
@@ -120,7 +120,9 @@ def cmd_undefine(args: argparse.Namespace) -> int:
             raise StateError(f"machine {args.name!r} has a runtime record; stop it (or "
                              "'vmanager clean' a stale one) first", state="running")
         records.delete(args.name)
-    _say(args, {"name": args.name, "undefined": True}, f"undefined {args.name}")
+        disk = remove_image_overlay(args.name, record.definition)
+    _say(args, {"name": args.name, "undefined": True, "removed_disk": str(disk) if disk else None},
+         f"undefined {args.name}" + (f" (removed its disk {disk})" if disk else ""))
     return 0
 
 

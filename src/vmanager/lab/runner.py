@@ -38,7 +38,13 @@ from vmanager.net import batch_removal, impair
 from vmanager.net.impair import Impairment
 from vmanager.state import records
 from vmanager.state.lock import locked
-from vmanager.state.persist import PersistentMachine, attach, detach, machine_kwargs
+from vmanager.state.persist import (
+    PersistentMachine,
+    attach,
+    detach,
+    machine_kwargs,
+    remove_image_overlay,
+)
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
 from vmanager.state.records import MachineRecord
 
@@ -366,6 +372,7 @@ def _remove_machine(item: dict[str, Any], timeout: float, *, graceful: bool) -> 
         rec = records.find(name)
         if rec is not None and records.liveness(rec) is None:
             records.delete(name)
+            remove_image_overlay(name, rec.definition)
 
 
 def _stop_process(ident: ProcessIdentity) -> None:

@@ -17,6 +17,8 @@ waits for it and then names the holder if it never comes free.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -86,11 +88,40 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
     return kw
 
 
+def _overlay_path(name: str, image: str) -> Path:
+    return paths.state_dir() / "disks" / f"{name}-{image}.qcow2"
+
+
+def remove_image_overlay(name: str, definition: Mapping[str, Any]) -> Path | None:
+    """Remove the overlay vmanager made for machine ``name``'s image guest, if any.
+
+    ``undefine`` and a lab's ``down`` call this: the overlay is vmanager's own
+    file (a user's ``disks`` are never touched). Only a regular file owned by
+    this user is removed; anything else there is left with a warning.
+    """
+    from vmanager.images import DISTRIBUTIONS
+    guest = definition.get("guest")
+    if guest not in DISTRIBUTIONS:
+        return None
+    path = _overlay_path(name, str(guest))
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        _log.warning("not removing %s: not a regular file of this user", path)
+        return None
+    path.unlink()
+    _log.info("removed %s disk %s", name, path)
+    return path
+
+
 def _image_overlay(name: str, image: str, *, create: bool) -> Any:
     """Machine ``name``'s own disk on image ``image`` (made on first use)."""
-    from vmanager import images, paths
+    from vmanager import images
     from vmanager.storage import Harddrive
-    path = paths.private_dir(paths.state_dir() / "disks") / f"{name}-{image}.qcow2"
+    paths.private_dir(paths.state_dir() / "disks")
+    path = _overlay_path(name, image)
     if not create:  # a running machine: its overlay names the image it was made on
         return Harddrive(path, allowed_dirs=[paths.cache_dir() / "images"])
     base = images.build(image)
