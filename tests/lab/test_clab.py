@@ -133,6 +133,14 @@ def test_a_disk_image_node_boots_from_that_file(tmp_path: Path) -> None:
     assert m.disks[0].path == str(disk) and m.disks[0].format == "qcow2"
 
 
+def test_an_image_name_node_boots_an_overlay_of_that_image(tmp_path: Path) -> None:
+    lab = labs.load(write(tmp_path, "name: x\ntopology:\n  nodes:\n"
+                                    "    a: {kind: linux, image: debian-12, memory: 1Gb}\n"))
+    (m,) = lab.machines
+    assert m.guest == "debian-12" and not m.disks
+    assert m.definition()["guest"] == "debian-12"  # what up records and starts from
+
+
 # -- in guests ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -33,6 +33,7 @@ from typing import Any
 
 from vmanager import validate
 from vmanager.errors import ConfigError, LabFileError
+from vmanager.images import DISTRIBUTIONS
 from vmanager.lab._check import Checker
 from vmanager.lab.model import (
     DiskSpec,
@@ -209,13 +210,14 @@ def _machine(c: Checker, lab: str, prefix: str, node: str,
     image, iwhere = s["image"]
     guest: str | None = None
     disks: tuple[DiskSpec, ...] = ()
-    if image == "tiny":
-        guest = "tiny"
+    if image == "tiny" or image in DISTRIBUTIONS:
+        guest = str(image)  # the tiny guest, or an overlay of an image vmanager builds
     else:
         file = (base / str(image)).resolve()
         if not file.is_file():
-            raise c.fail(iwhere, f"image {image!r} is neither a vmanager guest ('tiny') nor a "
-                         "disk image file (container images cannot boot as VMs)")
+            raise c.fail(iwhere, f"image {image!r} is neither a vmanager guest ('tiny', "
+                         f"{', '.join(sorted(DISTRIBUTIONS))}) nor a disk image file "
+                         "(container images cannot boot as VMs)")
         with open(file, "rb") as f:
             fmt = "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
         disks = (DiskSpec(str(file), None, fmt),)
