@@ -49,12 +49,13 @@ def ifname(value: object, *, what: str = "interface name") -> str:
         raise ConfigError(f"{what} must be a string, not {type(value).__name__}: {value!r}")
     if not value:
         raise ConfigError(f"{what} must not be empty")
-    if len(value.encode()) > IFNAME_MAX:
-        raise ConfigError(f"{what} {value!r} is longer than the kernel's limit of "
-                          f"{IFNAME_MAX} bytes")
+    # characters first: a lone surrogate (from a file name) cannot be encoded
     if value in (".", "..") or not _IFNAME_RE.match(value):
         raise ConfigError(f"{what} {value!r} has characters the kernel or vmanager refuses; "
                           "use letters, digits, '_', '.', '-'")
+    if len(value) > IFNAME_MAX:  # ASCII only now: characters are bytes
+        raise ConfigError(f"{what} {value!r} is longer than the kernel's limit of "
+                          f"{IFNAME_MAX} bytes")
     return value
 
 

@@ -36,6 +36,13 @@ def test_exec_returns_the_guest_command_status_and_output(cli_machine: str) -> N
                                                      "stderr": ""}
 
 
+def test_exec_options_after_the_name_are_not_sent_to_the_guest(cli_machine: str) -> None:
+    # before the fix the guest ran "--timeout 30 --json -- echo -n hi" (status 127)
+    assert js("exec", cli_machine, "--timeout", "30", "--json", "--", "echo", "-n", "hi") == {
+        "status": 0, "stdout": "hi", "stderr": ""}
+    assert ok("exec", cli_machine, "--timeout=30", "echo", "--", "x") == "-- x\n"
+
+
 def test_attach_from_a_second_process_sees_history_and_controls(cli_machine: str) -> None:
     code = f"""
 import json

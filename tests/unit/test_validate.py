@@ -24,6 +24,13 @@ def test_ifname_limit_is_the_kernels() -> None:
         validate.ifname("a" * 16)
 
 
+@pytest.mark.parametrize("bad", ["\udcff", "a\udcffb", "é" * 8])
+def test_an_unencodable_or_non_ascii_ifname_is_a_config_error(bad: str) -> None:
+    # a lone surrogate (an undecodable file name byte) raised UnicodeEncodeError
+    with pytest.raises(ConfigError, match="characters"):
+        validate.ifname(bad, what="port name")
+
+
 @pytest.mark.parametrize(("text", "expected"), [
     ("1G", 1 << 30), ("512M", 512 << 20), ("1.5GiB", 3 << 29), (4096, 4096), ("10 k", 10240)])
 def test_sizes_parse(text: str | int, expected: int) -> None:

@@ -364,7 +364,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
             "else the QEMU guest agent); exits with the command's status", timeout=60.0)
     p.add_argument("name")
     p.add_argument("cmd", nargs=argparse.REMAINDER, help="the command (after --, if it "
-                   "has options)")
+                   "has options); options between NAME and it are vmanager's")
+    p.set_defaults(exec_parser=p)
     p = add("monitor", cmd_monitor, "run a human monitor command (or a QMP one with --qmp)")
     p.add_argument("name")
     p.add_argument("cmd", nargs="+")
@@ -388,15 +389,44 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     del p
 
 
-def exec_args_ok(args: argparse.Namespace) -> None:
-    """``exec`` needs a command; REMAINDER keeps a leading ``--``."""
-    if args.func is cmd_exec:
-        cmd = list(args.cmd)
-        if cmd and cmd[0] == "--":
-            cmd = cmd[1:]
-        if not cmd:
-            raise ConfigError("exec needs a command to run in the guest")
-        args.cmd = cmd
+def exec_args_ok(args: argparse.Namespace, argv: list[str]) -> None:
+    """``exec``'s command: vmanager's own options after NAME are parsed, not sent to the guest.
+
+    argparse's REMAINDER takes everything after NAME, so ``exec NAME --timeout 5
+    -- cmd`` would run ``--timeout 5 -- cmd`` in the guest. Leading options
+    ``exec`` knows are parsed as if given before NAME; then one ``--`` is
+    dropped and the rest is the guest's command, verbatim (``exec NAME echo --
+    x`` echoes ``-- x``). An unknown option there is an error, not a command.
+    ``argv`` is what was parsed: some Pythons drop a ``--`` right after NAME
+    from the REMAINDER, so whether the command followed one is read there.
+    """
+    if args.func is not cmd_exec:
+        return
+    parser: argparse.ArgumentParser = args.exec_parser
+    known = parser._option_string_actions
+    cmd = list(args.cmd)
+    start = len(argv) - len(cmd)  # the REMAINDER is argv's tail
+    explicit = 0 < start <= len(argv) and argv[start - 1] == "--" and argv[start:] == cmd
+    head: list[str] = []
+    while not explicit and cmd and cmd[0].startswith("-") and cmd[0] != "--":
+        option = cmd[0].split("=", 1)[0]
+        action = known.get(option)
+        if action is None:
+            raise ConfigError(f"exec: unknown option {cmd[0]!r} after the machine's name; "
+                              "put the guest's command after '--'")
+        takes_value = action.nargs != 0 and "=" not in cmd[0]
+        if takes_value and len(cmd) < 2:
+            raise ConfigError(f"exec: option {option} needs a value")
+        head += cmd[:2] if takes_value else cmd[:1]
+        cmd = cmd[2:] if takes_value else cmd[1:]
+    if not explicit and cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ConfigError("exec needs a command to run in the guest")
+    if head:
+        # the defaults already set stay; only the options given here change
+        parser.parse_args([*head, args.name], namespace=args)
+    args.cmd = cmd
 
 
 __all__ = ["ESCAPE", "add_parsers", "attached", "exec_args_ok"]

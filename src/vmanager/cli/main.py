@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         min(args.verbose, 2)], format="%(levelname)s %(name)s: %(message)s")
     try:
         with _signals.installed():
-            machines.exec_args_ok(args)
+            machines.exec_args_ok(args, argv)
             code: int | None = remote.forward(argv, args)  # a machine on a lab's server
             if code is None:
                 code = args.func(args)
