@@ -9,6 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,15 @@ def _dhcp(ns: str, script: Path) -> dict[str, str]:
     return dict(field.split("=", 1) for field in line.split()[1:])
 
 
+def _eventually(check: Callable[[], bool], timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _uids(pid: int) -> set[int]:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("Uid:"):
@@ -68,6 +79,14 @@ def test_nat_router_leases_resolves_and_masquerades(netns: Any, name: Any,
             assert _uids(pid) != {0}, "dnsmasq kept root"
             assert os.stat(f"/proc/{pid}/ns/net").st_ino == \
                 os.stat(f"/run/netns/{router.namespace}").st_ino, "dnsmasq outside the router"
+            # its log is a pipe to a log keeper (bounded, also after this process)
+            assert router.run_dir is not None
+            keeper = int((router.run_dir / "dnsmasq.log.keeper").read_text())
+            pipe = os.readlink(f"/proc/{keeper}/fd/0")
+            fds = Path(f"/proc/{pid}/fd")
+            assert pipe.startswith("pipe:") and pipe in {os.readlink(f) for f in fds.iterdir()}
+            assert _eventually(lambda: b"started, version" in
+                               (router.run_dir / "dnsmasq.log").read_bytes())
 
             lease = _dhcp(lan_host, script)
             assert ipaddress.IPv4Address(lease["ip"]) in ipaddress.IPv4Network("10.77.1.0/24")
@@ -101,6 +120,7 @@ def test_nat_router_leases_resolves_and_masquerades(netns: Any, name: Any,
         assert router.namespace not in list_namespaces()
         assert not Interface(router.lan_port).exists
         assert not os.path.exists(f"/proc/{pid}")
+        assert not os.path.exists(f"/proc/{keeper}"), "dnsmasq's log keeper outlived it"
         assert Interface(trunk).exists  # the trunk is the caller's
     finally:
         _delete(trunk, host_port)

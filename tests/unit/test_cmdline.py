@@ -50,6 +50,13 @@ def test_minimal_machine_has_sockets_consoles_display_and_memory() -> None:
         assert flag not in argv
 
 
+def test_the_serial_log_goes_to_the_keepers_pipe_through_an_fd_set() -> None:
+    argv = cmdline.build(replace(BASE, sockets=replace(SOCKETS, serial_log_fd=7)))
+    assert _opt(argv, "-add-fd") == ["fd=7,set=1,opaque=serial-log"]
+    serial = _opt(argv, "-chardev")[1]
+    assert "logfile=/dev/fdset/1,logappend=on" in serial and "serial0.log" not in serial
+
+
 def test_build_is_pure() -> None:
     assert cmdline.build(BASE) == cmdline.build(BASE)
 

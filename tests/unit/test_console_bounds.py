@@ -12,13 +12,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from vmanager.errors import ConsoleTimeout, GuestCommandError
 from vmanager.qemu.chardev import Console, Shell
-from vmanager.qemu.logrotate import RotatingLog
 
 
 @pytest.fixture
@@ -145,30 +143,3 @@ def test_status_and_output_of_a_good_reply(wire: tuple[Console, socket.socket]) 
     shell = _shell(wire, lambda i: f"@@vmresp {i} 3 O{b64('out')} E{b64('err')}\n".encode())
     result = shell.execute("whatever", timeout=5)
     assert (result.status, result.stdout, result.stderr) == (3, "out", "err")
-
-
-def test_the_serial_log_is_rotated_with_one_previous_file(tmp_path: Path) -> None:
-    path = tmp_path / "serial0.log"
-    log = RotatingLog(path, limit=256 * 1024)
-    with path.open("ab") as qemu:  # QEMU appends (logappend=on)
-        for i in range(64 * 16):
-            chunk = (f"{i:08d}" * 8).encode()  # 64 bytes
-            qemu.write(chunk * 16)
-            qemu.flush()
-            log.grown(1024)
-    assert path.stat().st_size <= 256 * 1024 + 65536
-    previous = path.with_name("serial0.log.1")
-    assert 0 < previous.stat().st_size <= 256 * 1024
-    assert not list(tmp_path.glob("*.tmp"))
-    history = log.history(10 ** 9)
-    assert history.endswith((f"{64 * 16 - 1:08d}" * 8).encode() * 16)
-    assert len(history) <= 2 * 256 * 1024 + 65536
-
-
-def test_rotation_does_not_follow_a_symlinked_log(tmp_path: Path) -> None:
-    victim = tmp_path / "victim"
-    victim.write_bytes(b"v" * 100_000)
-    path = tmp_path / "serial0.log"
-    path.symlink_to(victim)
-    assert RotatingLog(path, limit=1024).check() is False
-    assert victim.stat().st_size == 100_000

@@ -116,6 +116,9 @@ def make_router(rec: LabRecord, lab: Lab, spec: RouterSpec) -> None:
     proc = getattr(router, "_process", None)
     if proc is not None:
         proc.returncode = 0  # it runs on; keeps Popen.__del__ quiet
+    keeper = getattr(router, "_log_keeper", None)
+    if keeper is not None:
+        keeper.abandon()  # dnsmasq's log stays bounded after this process
 
 
 def connect(rec: LabRecord, switch: str, port: str, *, vlan: int | None = None,

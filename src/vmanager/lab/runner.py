@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmanager import _signals, paths
+from vmanager import _signals, logkeeper, paths
 from vmanager.errors import (
     ConfigError,
     NetworkError,
@@ -336,6 +336,7 @@ def _remove(item: dict[str, Any], *, lab: str, timeout: float = 30.0,
         if item.get("run_dir") and (ns_mine or not pending):  # a clash's dir is not ours
             run_dir = Path(item["run_dir"])
             if run_dir.parent == paths.run_dir() / "net":
+                logkeeper.wait_gone(run_dir / "dnsmasq.log")  # dnsmasq is gone: it ends
                 shutil.rmtree(run_dir, ignore_errors=True)
     elif kind == "switch":
         if ours(link=item["name"]):

@@ -18,8 +18,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from vmanager import paths, validate
+from vmanager import logkeeper, paths, validate
 from vmanager.errors import ConfigError, StateError
+from vmanager.logkeeper import LogKeeper
 from vmanager.machine import definition, process, reattach, start
 from vmanager.machine import recorder as recording
 from vmanager.machine.agent import AgentChannel, GuestCommands
@@ -129,6 +130,8 @@ class Machine(SeedVerbs):
         self._monitor: Monitor | None = None
         self._proc: process.Process | None = None
         self._owns_run_dir = False
+        #: the serial log's keeper this process started (None after attach)
+        self._log_keeper: LogKeeper | None = None
         self._detached = False
         self._recording = False
         self._recorder: Recorder = recorder if recorder is not None else recording.default()
@@ -321,11 +324,20 @@ class Machine(SeedVerbs):
             # Only a run directory this object made (or attached to) is removed: a
             # start refused because the name runs elsewhere must not touch it.
             if self._owns_run_dir:
+                self._wait_log_keeper()
                 shutil.rmtree(self.run_dir, ignore_errors=True)
                 self._owns_run_dir = False
             self.state = State.DEFINED
         if failures:
             raise failures[0]
+
+    def _wait_log_keeper(self) -> None:
+        """Let the serial log's keeper finish (QEMU is gone) before the run dir goes."""
+        keeper, self._log_keeper = self._log_keeper, None
+        if keeper is not None:
+            keeper.wait()
+        else:  # started by another process
+            logkeeper.wait_gone(self.run_dir / process.SERIAL_LOG)
 
     # -- another process --------------------------------------------------------------------
     @classmethod

@@ -82,6 +82,8 @@ class Launch:
     pass_fds: list[int] = field(default_factory=list)
     #: fds QEMU inherits and this process closes once QEMU has started (or failed).
     owned_fds: list[int] = field(default_factory=list)
+    #: the write end of the serial log keeper's pipe (QEMU logs the serial port there)
+    serial_log_fd: int | None = None
     undo: UndoStack = field(default_factory=UndoStack)
 
 

@@ -28,6 +28,8 @@ QMP_SOCKET = "qmp.sock"
 SERIAL_SOCKET = "serial0.sock"
 SHELL_SOCKET = "shell.sock"
 SERIAL_LOG = "serial0.log"
+#: Size at which the serial log is rotated (one previous file is kept).
+SERIAL_LOG_LIMIT = 4 << 20
 QEMU_LOG = "qemu.log"
 PIDFILE = "qemu.pid"
 
@@ -100,7 +102,7 @@ def connect(name: str, proc: Process, argv: list[str], *, run_dir: Path, console
     try:
         # Consoles first: QEMU waits (wait=on) for them before it runs the guest.
         console.attach(launch.connect_unix(run_dir / SERIAL_SOCKET), history=history,
-                       log=run_dir / SERIAL_LOG)  # kept rotated while attached
+                       log=run_dir / SERIAL_LOG)  # bounded by its log keeper
         shell_console.attach(launch.connect_unix(run_dir / SHELL_SOCKET))
         monitor = Monitor(name, logger=log)
         monitor.connect(str(run_dir / QMP_SOCKET), timeout=timeout)

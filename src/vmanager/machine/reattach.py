@@ -65,6 +65,9 @@ def detach(m: Machine) -> None:
         close()
     elif proc is not None:
         proc.returncode = 0  # keeps Popen.__del__ from warning; the process runs on
+    keeper, m._log_keeper = m._log_keeper, None
+    if keeper is not None:
+        keeper.abandon()  # it keeps the serial log bounded while QEMU runs on
     # The machine's NICs and namespace outlive this process with QEMU; whoever
     # attaches and stops it removes them.
     for part in m._parts():

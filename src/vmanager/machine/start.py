@@ -14,6 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from vmanager.errors import StateError
+from vmanager.logkeeper import LogKeeper
 from vmanager.machine import process
 from vmanager.machine.base import State
 from vmanager.machine.part import Launch
@@ -46,6 +47,11 @@ def start(m: Machine, *, timeout: float) -> None:
         m._owns_run_dir = True
         m.log.info("starting with %s", m.accel)
         work.pass_fds.extend(s.fileno() for s in listeners)
+        # the serial log stays bounded after this process exits (QEMU runs on)
+        m._log_keeper = keeper = LogKeeper(run_dir, process.SERIAL_LOG,
+                                           limit=process.SERIAL_LOG_LIMIT)
+        work.serial_log_fd = keeper.fd
+        work.pass_fds.append(keeper.fd)
         if m.monitor_port is not None:
             m.log.warning("monitor_port %d: a human monitor listens on 127.0.0.1; "
                              "any local user can reach it and control QEMU as %s",
@@ -56,11 +62,14 @@ def start(m: Machine, *, timeout: float) -> None:
         m.shell.started_at = time.monotonic()
         m._proc = process.spawn(m.name, m.argv, run_dir=run_dir,
                                    pass_fds=work.pass_fds, log=m.log)
+        keeper.close_writer()  # QEMU has its copy; the keeper ends when QEMU does
         m.shell.launched(greeted=False)
         m._monitor = process.connect(
             m.name, m._proc, m.argv, run_dir=run_dir, console=m.console,
             shell_console=m.shell.console, timeout=timeout, log=m.log)
     except BaseException:
+        if m._log_keeper is not None:
+            m._log_keeper.close_writer()
         m._kill_process()
         work.undo.unwind()
         m._cleanup()

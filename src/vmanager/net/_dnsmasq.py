@@ -3,7 +3,10 @@
 dnsmasq serves DHCP and DNS on the router's LAN side. It runs in the router's
 namespace, drops root after binding (to its own user, else ``nobody``), keeps
 its pid, lease and log files in the router's private run directory, and logs
-no routine DHCP traffic (a guest can ask for leases without end).
+no routine DHCP traffic (a guest can ask for leases without end). What it
+still logs goes through a pipe to a log keeper (:mod:`vmanager.logkeeper`):
+``dnsmasq.log`` is rotated at :data:`LOG_LIMIT` with one previous file,
+also after the process that started the router exited.
 """
 
 from __future__ import annotations
@@ -19,9 +22,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from vmanager.errors import HostError
+from vmanager.logkeeper import LogKeeper
 from vmanager.net._nsexec import popen
 
 log = logging.getLogger(__name__)
+
+#: dnsmasq's log file in the router's run directory, and its rotation size.
+LOG = "dnsmasq.log"
+LOG_LIMIT = 1 << 20
 
 
 def argv(*, rundir: Path, lan_if: str, subnet: ipaddress.IPv4Network,
@@ -57,18 +65,24 @@ def argv(*, rundir: Path, lan_if: str, subnet: ipaddress.IPv4Network,
 
 
 def spawn(args: list[str], *, rundir: Path, netns: str,
-          router: str) -> subprocess.Popen[bytes]:
-    """Start dnsmasq in ``netns``, its output going to ``rundir/dnsmasq.log``."""
-    with open(rundir / "dnsmasq.log", "wb") as log_out:
-        try:
-            return popen(args, netns=netns, stdin=subprocess.DEVNULL,
-                         stdout=log_out, stderr=subprocess.STDOUT)
-        except OSError as exc:
-            raise HostError(f"cannot start dnsmasq for router {router!r}: {exc}") from exc
+          router: str) -> tuple[subprocess.Popen[bytes], LogKeeper]:
+    """Start dnsmasq in ``netns``, its output kept in ``rundir/dnsmasq.log`` (bounded)."""
+    keeper = LogKeeper(rundir, LOG, limit=LOG_LIMIT)
+    try:
+        proc = popen(args, netns=netns, stdin=subprocess.DEVNULL,
+                     stdout=keeper.fd, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        keeper.wait()
+        raise HostError(f"cannot start dnsmasq for router {router!r}: {exc}") from exc
+    except BaseException:
+        keeper.wait()
+        raise
+    keeper.close_writer()  # dnsmasq has its copy
+    return proc, keeper
 
 
 def wait_started(proc: subprocess.Popen[bytes], *, rundir: Path, router: str,
-                 timeout: float) -> None:
+                 timeout: float, keeper: LogKeeper | None = None) -> None:
     """Wait until dnsmasq wrote its pid file (it has bound its sockets by then).
 
     Raises:
@@ -78,7 +92,9 @@ def wait_started(proc: subprocess.Popen[bytes], *, rundir: Path, router: str,
     deadline = time.monotonic() + timeout
     while not (pidfile.exists() and pidfile.read_text().strip()):
         if proc.poll() is not None or time.monotonic() > deadline:
-            tail = (rundir / "dnsmasq.log").read_text(errors="replace")[-2000:]
+            if proc.returncode is not None and keeper is not None:
+                keeper.wait()  # everything dnsmasq said is in the log
+            tail = _tail(rundir / LOG)
             what = (f"exited with status {proc.returncode}" if proc.returncode is not None
                     else f"did not start within {timeout} s")
             raise HostError(f"dnsmasq for router {router!r} {what}:\n{tail}")
@@ -86,8 +102,18 @@ def wait_started(proc: subprocess.Popen[bytes], *, rundir: Path, router: str,
     log.info("router %s: dnsmasq running as pid %d", router, proc.pid)
 
 
-def stop(proc: subprocess.Popen[bytes], *, router: str, timeout: float) -> None:
-    """SIGTERM, then SIGKILL after ``timeout``; always reaped."""
+def _tail(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - 2000))
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def stop(proc: subprocess.Popen[bytes], *, router: str, timeout: float,
+         keeper: LogKeeper | None = None) -> None:
+    """SIGTERM, then SIGKILL after ``timeout``; always reaped (its log keeper too)."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -95,6 +121,8 @@ def stop(proc: subprocess.Popen[bytes], *, router: str, timeout: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=timeout)
+    if keeper is not None:
+        keeper.wait()
     log.info("router %s: dnsmasq stopped", router)
 
 

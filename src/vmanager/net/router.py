@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, NetworkError, NotFoundError
+from vmanager.logkeeper import LogKeeper
 from vmanager.net import _dnsmasq as dnsmasq
 from vmanager.net._netlink import (
     attr,
@@ -127,6 +128,7 @@ class Router(Resource):
             raise ConfigError(f"router mode must be 'bridged' or 'nat', got {mode!r}")
         self.mode: RouterMode = mode
         self._process: subprocess.Popen[bytes] | None = None
+        self._log_keeper: LogKeeper | None = None
         self.run_dir: Path | None = None
         if mode == "bridged":
             for option, value in (("subnet", subnet), ("trunk_address", trunk_address),
@@ -356,15 +358,17 @@ class Router(Resource):
         rundir = paths.private_dir(paths.run_dir() / "net" / f"router-{self.name}")
         self.run_dir = rundir
         undo.push(f"remove {rundir}", lambda: dnsmasq.remove_tree(rundir))
-        self._process = dnsmasq.spawn(self._dnsmasq_argv(rundir), rundir=rundir,
-                                      netns=self.name, router=self.name)
+        self._process, self._log_keeper = dnsmasq.spawn(
+            self._dnsmasq_argv(rundir), rundir=rundir, netns=self.name, router=self.name)
         undo.push("stop dnsmasq", self._stop_dnsmasq)
-        dnsmasq.wait_started(self._process, rundir=rundir, router=self.name, timeout=timeout)
+        dnsmasq.wait_started(self._process, rundir=rundir, router=self.name, timeout=timeout,
+                             keeper=self._log_keeper)
 
     def _stop_dnsmasq(self) -> None:
         proc, self._process = self._process, None
+        keeper, self._log_keeper = self._log_keeper, None
         if proc is not None:
-            dnsmasq.stop(proc, router=self.name, timeout=STOP_TIMEOUT)
+            dnsmasq.stop(proc, router=self.name, timeout=STOP_TIMEOUT, keeper=keeper)
 
     def leases(self) -> list[tuple[str, str]]:
         """Current DHCP leases as ``(mac, ip)`` pairs (NAT mode with DHCP).

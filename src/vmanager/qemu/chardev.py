@@ -42,8 +42,8 @@ class Console:
     bytes, 4 MiB by default: a guest decides how much it prints);
     ``wait_for()`` searches output that came after the previous match (like
     *expect*), so successive calls find successive occurrences; ``write()``
-    types into the console. ``log`` names a file the output is also written
-    to, rotated at ``log_limit`` bytes with one previous file (``.1``).
+    types into the console. QEMU also logs the serial console to a file
+    (kept bounded by :mod:`vmanager.logkeeper`), read back on :meth:`attach`.
     """
 
     def __init__(self, name: str, *, logger: logging.Logger | None = None,
@@ -69,12 +69,11 @@ class Console:
         """Start draining a connected socket (vmanager takes it over).
 
         ``history`` is older output to put in front of what was kept. ``log`` is
-        the file QEMU logs this console to: it is kept rotated (see
-        :class:`RotatingLog`), and with ``resume`` its end becomes the history.
+        the file QEMU logs this console to (rotated with one previous file, see
+        :class:`RotatingLog`): with ``resume`` its end becomes the history.
         """
         if log is not None:
             self.log_file = RotatingLog(log)
-            self.log_file.check()
             if resume:
                 history = self.log_file.history(self._hist.limit)
         if history:
@@ -118,9 +117,6 @@ class Console:
                 self._overrun = True
                 self._pos = self._hist.text_start
             self._cond.notify_all()
-        log_file = self.log_file
-        if log_file is not None:
-            log_file.grown(len(data))
 
     def close(self) -> None:
         """Stop reading; idempotent. What was read stays readable."""

@@ -26,6 +26,8 @@ SHELL_ID = "shell"
 SHELL_DEVICE = "shell0"
 SHELL_PORT_NAME = "vmanager.shell"
 VSERIAL_ID = "vser0"
+#: the fd set (-add-fd) holding the serial log pipe
+SERIAL_LOG_FDSET = 1
 #: The virtio-serial bus run-time ports are added to.
 VSERIAL_BUS = f"{VSERIAL_ID}.0"
 #: The QEMU guest agent's chardev, port device and the port name qemu-ga looks for.
@@ -127,6 +129,9 @@ class Sockets:
     shell_fd: int
     serial_log: str
     pidfile: str
+    #: the write end of a pipe to the serial log's keeper; QEMU logs there instead
+    #: of opening ``serial_log`` (see :mod:`vmanager.logkeeper`)
+    serial_log_fd: int | None = None
 
 
 @dataclass(frozen=True)
@@ -170,14 +175,19 @@ def build(spec: MachineSpec) -> list[str]:
                    "-accel", f"tcg,tb-size={spec.tcg_tb_size}"]
     else:
         machine = ["-machine", f"{spec.machine_type},accel={spec.accel}"]
+    if s.serial_log_fd is not None:  # QEMU opens /dev/fdset/N: a dup of the inherited fd
+        fdset = ["-add-fd", f"fd={s.serial_log_fd},set={SERIAL_LOG_FDSET},opaque=serial-log"]
+        serial_log = f"/dev/fdset/{SERIAL_LOG_FDSET}"
+    else:
+        fdset, serial_log = [], s.serial_log
     argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on", *machine,
             "-cpu", spec.cpu_model or ("host" if spec.accel == "kvm" else "max"),
             "-smp", str(spec.cpus), "-m", str(spec.memory),
-            "-nodefaults", "-no-user-config", "-pidfile", s.pidfile,
+            "-nodefaults", "-no-user-config", "-pidfile", s.pidfile, *fdset,
             "-chardev", f"socket,id={QMP_ID},fd={s.qmp_fd},server=on,wait=off",
             "-mon", f"chardev={QMP_ID},mode=control",
             "-chardev", f"socket,id={SERIAL_ID},fd={s.serial_fd},server=on,wait=on,"
-                        f"logfile={s.serial_log},logappend=on",
+                        f"logfile={serial_log},logappend=on",
             "-serial", f"chardev:{SERIAL_ID}",
             "-device", f"virtio-serial-pci,id={VSERIAL_ID}",
             "-chardev", f"socket,id={SHELL_ID},fd={s.shell_fd},server=on,wait=on",
