@@ -392,13 +392,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 def exec_args_ok(args: argparse.Namespace, argv: list[str]) -> None:
     """``exec``'s command: vmanager's own options after NAME are parsed, not sent to the guest.
 
-    argparse's REMAINDER takes everything after NAME, so ``exec NAME --timeout 5
-    -- cmd`` would run ``--timeout 5 -- cmd`` in the guest. Leading options
-    ``exec`` knows are parsed as if given before NAME; then one ``--`` is
-    dropped and the rest is the guest's command, verbatim (``exec NAME echo --
-    x`` echoes ``-- x``). An unknown option there is an error, not a command.
-    ``argv`` is what was parsed: some Pythons drop a ``--`` right after NAME
-    from the REMAINDER, so whether the command followed one is read there.
+    REMAINDER takes all after NAME: leading ``exec`` options are parsed as if
+    given before NAME, one ``--`` is dropped, the rest is the command verbatim
+    (``exec NAME echo -- x`` echoes ``-- x``); an unknown option is an error.
+    ``argv`` tells whether a ``--`` right after NAME was there (argparse drops it).
     """
     if args.func is not cmd_exec:
         return
