@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from vmanager import paths, validate
+from vmanager import logkeeper, paths, validate
 from vmanager.errors import NotFoundError, StateError, VmanagerError
 from vmanager.state.lock import locked
 from vmanager.state.process import Liveness, ProcessIdentity, read_pidfile
@@ -297,6 +297,7 @@ def clear_stale(name: str) -> MachineStatus:
         if rt is not None:
             run_dir = Path(rt.run_dir)
             if run_dir.name == name and run_dir.parent.name == "machines":
+                logkeeper.wait_gone(run_dir / "serial0.log")  # QEMU is gone: it ends
                 _remove_tree(run_dir)
         if st.record.persistent:
             save(replace(st.record, runtime=None))
