@@ -33,11 +33,20 @@ def test_translation_buffer_is_the_size_asked_for(make_machine: Any) -> None:
     assert m.succeed("echo ok").strip() == "ok"
 
 
-def test_default_leaves_qemus_size(make_machine: Any) -> None:
-    m = make_machine(memory=128, accel="tcg")
+def test_none_leaves_qemus_size(make_machine: Any) -> None:
+    m = make_machine(memory=128, accel="tcg", tcg_tb_size=None)
     m.start_vm()
     assert not any(a.startswith("tcg,tb-size") for a in m.argv)
     assert max(_code_buffers_mib(m.pid)) > 256
+
+
+def test_the_tiny_guest_defaults_to_a_small_buffer(tiny: Any) -> None:
+    from vmanager import Machine
+    from vmanager.guests.tiny import TCG_TB_SIZE
+    from vmanager.machine.definition import to_json
+    assert tiny.machine_args()["tcg_tb_size"] == TCG_TB_SIZE == 16
+    m = Machine("tb-default", **tiny.machine_args())
+    assert to_json(m)["tcg_tb_size"] == 16  # recorded, so a reattach/restart keeps it
 
 
 @pytest.mark.parametrize("bad", [0, 4, 5000, True, 16.0, "16"])

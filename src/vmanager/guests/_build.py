@@ -80,9 +80,45 @@ def vmlinux_from_bzimage(bzimage: bytes) -> bytes | None:
             start = bzimage.find(_XZ_MAGIC, start + 1)
             continue
         if elf.startswith(b"\x7fELF") and _has_pvh_note(elf):
-            return elf
+            return trim_zero_tails(elf)
         return None
     return None
+
+
+_PT_LOAD = 1
+
+
+def trim_zero_tails(elf: bytes) -> bytes:
+    """``elf`` with each loadable segment's trailing zero bytes left to its memory size.
+
+    Debian's vmlinux stores its ``.bss`` and ``.init.scratch`` (~21 MB of zeros) in
+    the file. QEMU maps the kernel file for as long as it runs (to reload it at a
+    reset) and copies every stored byte into guest RAM, so those zeros sat in every
+    QEMU's RSS as file pages. An ELF loader zero-fills ``p_memsz - p_filesz`` anyway,
+    so the guest sees the same memory. The file ends after the last stored byte;
+    section headers, which no loader reads, are dropped.
+    """
+    if elf[:4] != b"\x7fELF" or elf[4] != 2 or elf[5] != 1:
+        raise GuestBuildError("not a 64-bit little-endian ELF file")
+    out = bytearray(elf)
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    end = phoff + phentsize * phnum
+    for i in range(phnum):
+        pos = phoff + i * phentsize
+        p_type, = struct.unpack_from("<I", elf, pos)
+        p_offset, = struct.unpack_from("<Q", elf, pos + 0x08)
+        p_filesz, p_memsz = struct.unpack_from("<QQ", elf, pos + 0x20)
+        if p_offset + p_filesz > len(elf) or p_filesz > p_memsz:
+            raise GuestBuildError(f"ELF program header {i} lies outside the file")
+        if p_type == _PT_LOAD:
+            segment = elf[p_offset:p_offset + p_filesz]
+            p_filesz = len(segment.rstrip(b"\0"))
+            struct.pack_into("<Q", out, pos + 0x20, p_filesz)
+        end = max(end, p_offset + p_filesz)
+    struct.pack_into("<Q", out, 0x28, 0)  # e_shoff: no section headers
+    struct.pack_into("<HH", out, 0x3C, 0, 0)  # e_shnum, e_shstrndx
+    return bytes(out[:end])
 
 
 def _sections(elf: bytes) -> Iterator[tuple[str, int, int, int]]:
