@@ -45,8 +45,9 @@ def _plain_boot(ctx: Context, memory: int) -> tuple[float, float]:
         return t(), rss_kib(q.pid) / 1024
 
 
-def _vmanager_boot(ctx: Context) -> tuple[float, Machine]:
-    m = Machine("bench-tuned", **ctx.machine_args("bench-tuned"))
+def _vmanager_boot(ctx: Context, machine_type: str = "pc") -> tuple[float, Machine]:
+    m = Machine("bench-tuned", **ctx.guest.machine_args("bench-tuned",
+                                                        machine_type=machine_type))
     try:
         with timer() as t:
             m.start_vm()
@@ -58,26 +59,36 @@ def _vmanager_boot(ctx: Context) -> tuple[float, Machine]:
 
 
 def boot_vs_plain(ctx: Context) -> list[Row]:
-    n = ctx.reps(2, 5)
+    n = ctx.reps(3, 5)
     tuned: list[float] = []
+    micro: list[float] = []
     plain: list[float] = []
     memory = 0
     for i in range(n):
-        for which in ((0, 1) if i % 2 == 0 else (1, 0)):
-            if which == 0:
-                dt, m = _vmanager_boot(ctx)
+        # the three alternate, each order rotating: tuned pc, microvm, plain pc
+        for which in ((0, 1, 2), (2, 0, 1), (1, 2, 0))[i % 3]:
+            if which in (0, 1):
+                dt, m = _vmanager_boot(ctx, "pc" if which == 0 else "microvm")
                 memory = m.memory
                 m.kill()
-                tuned.append(dt)
+                (tuned if which == 0 else micro).append(dt)
             else:
                 dt, rss = _plain_boot(ctx, memory or 256)
                 plain.append(dt)
                 ctx.plain_rss.append(rss)
+    note = ("until the ready line (vmanager: its shell answered); the baseline has "
+            "QEMU's default devices and CPU, console=ttyS0 as the command line, no NIC")
     row = Row("boot vs plain pc (default tiny guest)", "s",
               baseline_name="qemu -M pc, default devices", goal="<= 0.6x plain pc")
     row.pair(tuned, plain)
     assert row.ratio is not None
     row.met = row.ratio.median <= 0.6
-    row.note = ("until the ready line (vmanager: its shell answered); the baseline has "
-                "QEMU's default devices and CPU, console=ttyS0 as the command line, no NIC")
-    return [row]
+    row.note = note
+    mrow = Row("boot vs plain pc (tiny guest on microvm)", "s",
+               baseline_name="qemu -M pc, default devices", goal="<= 0.6x plain pc")
+    mrow.pair(micro, plain)
+    assert mrow.ratio is not None
+    mrow.met = mrow.ratio.median <= 0.6
+    mrow.note = (note + "; machine_args(machine_type='microvm'): virtio-mmio devices, "
+                 "no VGA, no hot-plug")
+    return [row, mrow]

@@ -52,3 +52,41 @@ def test_idle_tiny_machine_holds_no_stored_zeros_of_its_kernel(make_machine: Any
     assert m.succeed("echo ok").strip() == "ok"
     assert _mapping_rss_kib(m.pid, m.kernel) * 1024 <= m.kernel.stat().st_size + (2 << 20)
     assert "tcg,tb-size=16" in m.argv
+
+
+def test_tiny_guest_boots_on_microvm_with_virtio_mmio_devices(tiny: Any) -> None:
+    from vmanager import Machine
+    from vmanager.guests.tiny import TinyGuest
+    from vmtest_util import unique_name
+    assert isinstance(tiny, TinyGuest)
+    name = unique_name("mv")
+    m = Machine(name, **tiny.machine_args(name, machine_type="microvm"), memory=192)
+    try:
+        m.start_vm()
+        assert m.argv[m.argv.index("-machine") + 1].startswith("microvm")
+        m.wait_ready()
+        assert m.succeed("hostname").strip() == name
+        # no PCI bus; the shell's port, the agent's and the balloon are virtio-mmio
+        # devices the kernel found through ACPI (LNRO0005)
+        assert m.succeed("ls /sys/bus/pci/devices 2>/dev/null | wc -l").strip() == "0"
+        paths = m.succeed("for d in /sys/bus/virtio/devices/*; do readlink -f $d; done").split()
+        assert len(paths) >= 3 and all("LNRO0005" in p for p in paths), paths
+        assert "vmanager.shell" in m.succeed("cat /sys/class/virtio-ports/*/name")
+        assert m.execute("cat /proc/cmdline").stdout.split()[-1].startswith("tsc_early_khz=")
+    finally:
+        m.kill()
+    assert not m.run_dir.exists()
+
+
+def test_microvm_refuses_a_cd_drive_by_name_and_leaves_nothing(tiny: Any,
+                                                                tmp_path: Path) -> None:
+    from vmanager import CD, Machine
+    from vmanager.errors import ConfigError
+    from vmtest_util import unique_name
+    iso = tmp_path / "x.iso"
+    iso.write_bytes(bytes(2048 * 16))
+    name = unique_name("mv")
+    m = Machine(name, **tiny.machine_args(name, machine_type="microvm"), cd=CD(iso))
+    with pytest.raises(ConfigError, match=r"microvm .*'ide-cd'"):
+        m.start_vm()
+    assert not m.is_alive() and not m.run_dir.exists()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vmanager.qemu import blockdev
+from vmanager.qemu import blockdev, microvm
 from vmanager.qemu.blockdev import Layer
 
 # -- ids ---------------------------------------------------------------------------------------
@@ -224,6 +224,8 @@ def build(spec: MachineSpec) -> list[str]:
     if spec.incoming:
         argv += ["-incoming", "defer"]
     argv += nic_args(spec.nics)
+    if microvm.is_microvm(spec.machine_type):
+        argv = microvm.adapt(argv)
     return argv + list(spec.extra_args)
 
 
