@@ -39,12 +39,16 @@ def rewrite_argv(argv: Sequence[str], run_dir: Path) -> list[str]:
 
     ``qmp`` connects out to ``run_dir/qmp.sock`` (QEMUMachine style); every other
     socket chardev listens at ``run_dir/<id>.sock`` with ``server=on,wait=off``.
-    ``-pidfile`` and chardev log files move to ``run_dir``. Raises ``ValueError``
+    ``-pidfile`` and chardev log files move to ``run_dir``; the ``-add-fd`` of
+    vmanager's serial log pipe is left out (the log is a file). Raises ``ValueError``
     for an ``fd=`` it does not know how to replace (e.g. a NIC's tap fd).
     """
     out: list[str] = []
     it = iter(argv)
     for arg in it:
+        if arg == "-add-fd":  # vmanager's serial log pipe: the raw run logs to a file
+            next(it)
+            continue
         out.append(arg)
         if arg == "-pidfile":
             next(it)
@@ -61,12 +65,18 @@ def rewrite_argv(argv: Sequence[str], run_dir: Path) -> list[str]:
                     kept += [("path", str(run_dir / f"{ident}.sock")), ("server", "on"),
                              ("wait", "off")]
                 opts = kept
-            opts = [(k, str(run_dir / Path(v).name) if k == "logfile" and v else v)
+            opts = [(k, _logfile(run_dir, ident, v) if k == "logfile" and v else v)
                     for k, v in opts]
             out.append(_join(opts))
         elif "fd=" in arg:
             raise ValueError(f"cannot rewrite a passed descriptor in {arg!r}")
     return out
+
+
+def _logfile(run_dir: Path, ident: str, value: str) -> str:
+    """A chardev's log file in ``run_dir`` (an ``/dev/fdset/N`` becomes ``<id>.log``)."""
+    name = f"{ident}.log" if value.startswith("/dev/fdset/") else Path(value).name
+    return str(run_dir / name)
 
 
 class RawQemu:
