@@ -14,7 +14,7 @@ import pytest
 
 from vmanager import images
 from vmanager.errors import ConfigError, GuestBuildError
-from vmanager.images import _disk
+from vmanager.images import _disk, _esp
 
 pytestmark = pytest.mark.guest
 UNREACHABLE = "http://127.0.0.1:9/debian"  # nothing listens on the discard port
@@ -101,7 +101,8 @@ def test_killed_build_leaves_no_process_or_mount(tmp_path: Path,
     assert list((tmp_path / "images").glob(".imgbuild-*")) == []
 
 
-def test_cached_image_has_grub_in_its_mbr(debian_image: images.Image, tmp_path: Path) -> None:
+def test_cached_image_has_grub_in_its_mbr_and_on_its_esp(debian_image: images.Image,
+                                                         tmp_path: Path) -> None:
     started = time.monotonic()
     again = images.build("debian-12")
     assert again.cached and again.path == debian_image.path
@@ -109,10 +110,22 @@ def test_cached_image_has_grub_in_its_mbr(debian_image: images.Image, tmp_path: 
     copy = images.build("debian-12", tmp_path / "mine.qcow2")
     assert copy.path == tmp_path / "mine.qcow2" and copy.path.stat().st_size > 100 << 20
     raw = tmp_path / "head.raw"
-    subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=512", "count=8",
-                    f"if={debian_image.path}", f"of={raw}"], check=True)
-    head = raw.read_bytes()
+    esp_end = _disk.PART_START + _esp.ESP_SIZE
+    subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=1M",
+                    f"count={esp_end >> 20}", f"if={debian_image.path}", f"of={raw}"],
+                   check=True)
+    head = raw.read_bytes()[:512]
     assert head[510:512] == b"\x55\xaa"
-    assert b"GRUB" in head[:512]                      # boot.img's own message
-    assert head[446 + 4] == 0x83 and head[446] == 0x80  # bootable Linux partition
-    assert int.from_bytes(head[446 + 8:446 + 12], "little") == 2048
+    assert b"GRUB" in head                                  # boot.img's own message
+
+    def entry(i: int) -> tuple[int, int, int, int]:         # boot flag, type, start, sectors
+        e = head[446 + 16 * i:446 + 16 * (i + 1)]
+        return (e[0], e[4], int.from_bytes(e[8:12], "little"),
+                int.from_bytes(e[12:16], "little"))
+
+    assert entry(0) == (0, 0xEF, 2048, _esp.ESP_SIZE // 512)       # the EFI system partition
+    assert entry(1)[:3] == (0x80, 0x83, esp_end // 512)             # bootable Linux root, last
+    # UEFI's removable-media path on the ESP: a PE image (GRUB for x86_64 UEFI)
+    efi = subprocess.run(["mtype", "-i", f"{raw}@@{_disk.PART_START}",
+                          "::/EFI/BOOT/BOOTX64.EFI"], capture_output=True, check=True).stdout
+    assert efi[:2] == b"MZ" and len(efi) > 100_000

@@ -1,7 +1,8 @@
 """Disk images of real operating systems, built from distribution packages.
 
 ``build("debian-12")`` makes a qcow2 disk of Debian 12 "bookworm" with systemd,
-Debian's cloud kernel, GRUB (booting from the disk itself under SeaBIOS), the
+Debian's cloud kernel, GRUB (booting from the disk itself under SeaBIOS, and
+under UEFI firmware such as OVMF: ``Machine(..., firmware="uefi")``), the
 QEMU guest agent, cloud-init (NoCloud) and OpenSSH, from Debian's archive. The
 result is cached under ``$XDG_CACHE_HOME/vmanager/images`` (as root
 ``~/.cache/vmanager/images`` unless ``VMANAGER_CACHE_DIR`` says otherwise), keyed
@@ -22,7 +23,8 @@ Example::
         m.wait_ready()                                  # the guest agent answers
         print(m.succeed("systemctl is-system-running --wait"))
 
-Building needs root, ``mmdebstrap``, ``sfdisk``, ``mke2fs`` and the host's apt
+Building needs root, ``mmdebstrap``, ``sfdisk``, ``mke2fs``, ``mkfs.fat``
+(dosfstools), ``mcopy`` (mtools) and the host's apt
 sources (or ``mirror=``) reaching a Debian archive.
 """
 
@@ -40,7 +42,7 @@ from pathlib import Path
 
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, GuestBuildError
-from vmanager.images import _disk, debian
+from vmanager.images import _disk, _esp, debian
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +67,8 @@ class Image:
     root_password: bool
     built_seconds: float | None
     cached: bool
+    #: Firmware it boots under: ``Machine(..., firmware=...)`` takes either.
+    firmware: tuple[str, ...] = ("bios", "uefi")
 
     @property
     def format(self) -> str:
@@ -75,7 +79,7 @@ class Image:
 def _key(name: str, size: int, packages: Sequence[str], root_password: str | None,
          mirror: str | None, hostname: str) -> str:
     h = hashlib.sha256()
-    for module in (debian, _disk):
+    for module in (debian, _disk, _esp):
         h.update(Path(module.__file__ or "").read_bytes())
     h.update(json.dumps([name, size, sorted(packages), mirror, hostname]).encode())
     # The password itself never reaches the cache's file names or manifest.

@@ -1,16 +1,23 @@
-"""A bootable BIOS disk from a root directory, without loop devices or mounts.
+"""A disk that boots under BIOS and UEFI from a root directory, without loop devices or mounts.
 
 The disk is assembled in a regular file:
 
-1. ``sfdisk`` writes an MBR partition table with one bootable Linux partition
-   starting at 1 MiB;
-2. ``mke2fs -d ROOT -E offset=1MiB`` writes an ext4 file system holding the
-   root directory straight into that partition (no mount, no loop device);
-3. GRUB's own pieces, made *inside* the root by the guest's ``grub-mkimage``,
+1. ``sfdisk`` writes an MBR partition table: an EFI system partition (type
+   0xEF) at 1 MiB, then the bootable Linux root partition filling the rest
+   (last, so cloud-init's growpart can grow it);
+2. the ESP's FAT file system, made in a file of its own by
+   :mod:`vmanager.images._esp`, is copied to its place;
+3. ``mke2fs -d ROOT -E offset=...`` writes an ext4 file system holding the
+   root directory straight into its partition (no mount, no loop device);
+4. GRUB's own pieces, made *inside* the root by the guest's ``grub-mkimage``,
    are written where ``grub-bios-setup`` would put them: ``boot.img`` into the
-   MBR's code area, ``core.img`` into the gap before the partition (sector 1
-   onwards, which is where ``boot.img`` and ``core.img``'s first sector look
-   by default, so no block list needs patching).
+   MBR's code area, ``core.img`` into the gap before the first partition
+   (sector 1 onwards, which is where ``boot.img`` and ``core.img``'s first
+   sector look by default, so no block list needs patching).
+
+SeaBIOS runs ``boot.img`` from the MBR; OVMF runs ``EFI/BOOT/BOOTX64.EFI``
+from the ESP. Both GRUBs find the root by UUID and read the same
+``/boot/grub/grub.cfg``.
 
 Nothing here needs clean-up beyond the files it writes: a failure at any step
 leaves no kernel object (loop device, mount) behind.
@@ -30,7 +37,7 @@ from vmanager.errors import GuestBuildError
 log = logging.getLogger(__name__)
 
 SECTOR = 512
-#: Where the root partition starts (the gap before it holds GRUB's core.img).
+#: Where the first partition (the ESP) starts; the gap before it holds GRUB's core.img.
 PART_START = 1 << 20
 #: The MBR's boot code area (the partition table follows at 446).
 _MBR_CODE = 440
@@ -77,6 +84,7 @@ def grub_files(root: Path, root_uuid: str, append: str) -> tuple[bytes, bytes]:
         if src.suffix in (".mod", ".lst", ".img") and src.is_file():
             (mods / src.name).write_bytes(src.read_bytes())
     (grub_dir / "grub.cfg").write_text(grub_cfg(root_uuid, append))
+    # Built into core.img and BOOTX64.EFI alike: both read the one menu.
     early = grub_dir / "early.cfg"
     early.write_text(f"search --no-floppy --fs-uuid --set=root {root_uuid}\n"
                      "set prefix=($root)/boot/grub\n"
@@ -110,21 +118,27 @@ def new_uuid() -> str:
 
 
 def assemble(root: Path, raw: Path, *, size: int, root_uuid: str,
-             boot_img: bytes, core_img: bytes) -> None:
-    """Write a bootable raw disk of ``size`` bytes at ``raw`` holding ``root``."""
-    if size % SECTOR or size < PART_START + (64 << 20):
+             boot_img: bytes, core_img: bytes, esp: Path) -> None:
+    """Write a raw disk of ``size`` bytes at ``raw``: the FAT image ``esp`` as its EFI
+    system partition, ``root`` as ext4 after it, GRUB for BIOS in the MBR and gap."""
+    esp_size = esp.stat().st_size
+    root_start = PART_START + esp_size
+    if esp_size % (1 << 20) or not esp_size:
+        raise GuestBuildError(f"the ESP image is {esp_size} bytes, not whole MiB")
+    if size % SECTOR or size < root_start + (64 << 20):
         raise GuestBuildError(f"disk size {size} is too small or not whole sectors")
     with raw.open("wb") as f:
         f.truncate(size)
-    part_sectors = (size - PART_START) // SECTOR
+    root_sectors = (size - root_start) // SECTOR
     table = (f"label: dos\nunit: sectors\n"
-             f"start={PART_START // SECTOR}, size={part_sectors}, type=83, bootable\n")
+             f"start={PART_START // SECTOR}, size={esp_size // SECTOR}, type=ef\n"
+             f"start={root_start // SECTOR}, size={root_sectors}, type=83, bootable\n")
     run(["sfdisk", "--no-reread", "--no-tell-kernel", "-q", str(raw)],
         what="writing the partition table", input_data=table.encode())
     block = 4096
     run(["mke2fs", "-q", "-F", "-t", "ext4", "-L", "root", "-U", root_uuid,
-         "-E", f"offset={PART_START}", "-b", str(block), "-d", str(root),
-         str(raw), str(part_sectors * SECTOR // block)],
+         "-E", f"offset={root_start}", "-b", str(block), "-d", str(root),
+         str(raw), str(root_sectors * SECTOR // block)],
         what="writing the root file system")
     with raw.open("r+b") as f:
         mbr = bytearray(f.read(SECTOR))
@@ -133,6 +147,10 @@ def assemble(root: Path, raw: Path, *, size: int, root_uuid: str,
         f.write(mbr)
         f.seek(SECTOR)
         f.write(core_img)
+        f.seek(PART_START)
+        with esp.open("rb") as src:
+            while chunk := src.read(1 << 20):
+                f.write(chunk)
 
 
 def mounts_under(path: Path) -> list[str]:

@@ -11,7 +11,9 @@ a compressed qcow2 image.
 What the image holds: systemd, Debian's cloud kernel (``linux-image-cloud-amd64``),
 ``qemu-guest-agent``, ``cloud-init`` (NoCloud seeds on a ``cidata`` CD),
 ``openssh-server``, ``systemd-networkd`` doing DHCP on every ``en*``/``eth*``
-link (hot-plugged ones too), a serial console on ``ttyS0`` and GRUB for BIOS.
+link (hot-plugged ones too), a serial console on ``ttyS0``, and GRUB for BIOS
+(in the MBR) and for UEFI (``EFI/BOOT/BOOTX64.EFI`` on an EFI system partition,
+mounted at ``/boot/efi``).
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vmanager.errors import GuestBuildError
-from vmanager.images import _disk
+from vmanager.images import _disk, _esp
 
 log = logging.getLogger(__name__)
 
 #: Packages every Debian image has (on top of mmdebstrap's ``apt`` variant).
 BASE_PACKAGES = (
     "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64", "grub-pc-bin",
+    "grub-efi-amd64-bin",
     "qemu-guest-agent", "cloud-init", "openssh-server", "sudo", "iproute2",
     "e2fsprogs", "cloud-guest-utils", "netbase", "ca-certificates", "less",
 )
@@ -164,10 +167,14 @@ def build_root(suite: str, root: Path, *, packages: Sequence[str], mirror: str |
         raise GuestBuildError(f"mmdebstrap failed with status {status}:\n{text}")
 
 
-def configure(root: Path, *, root_uuid: str, hostname: str,
+def configure(root: Path, *, root_uuid: str, esp_id: str, hostname: str,
               root_password: str | None) -> None:
     """Make the tree bootable and ready for cloud-init (no mounts, chroot argv only)."""
-    (root / "etc/fstab").write_text(f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n")
+    # The ESP is mounted where Debian keeps it; nofail: a machine boots without it.
+    (root / "etc/fstab").write_text(
+        f"UUID={root_uuid} / ext4 errors=remount-ro 0 1\n"
+        f"UUID={_esp.fstab_uuid(esp_id)} /boot/efi vfat umask=0077,nofail 0 0\n")
+    (root / "boot/efi").mkdir(parents=True, exist_ok=True)
     (root / "etc/hostname").write_text(hostname + "\n")
     (root / "etc/hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {hostname}\n"
                                     "::1 localhost ip6-localhost ip6-loopback\n")
@@ -221,13 +228,18 @@ def build_disk(suite: str, out_qcow2: Path, *, size: int, packages: Sequence[str
         root.mkdir()
         build_root(suite, root, packages=packages, mirror=mirror, say=say)
         root_uuid = _disk.new_uuid()
+        esp_id = _esp.new_volume_id()
         say("configuring the image (fstab, GRUB, networking)")
-        configure(root, root_uuid=root_uuid, hostname=hostname, root_password=root_password)
+        configure(root, root_uuid=root_uuid, esp_id=esp_id, hostname=hostname,
+                  root_password=root_password)
         boot_img, core_img = _disk.grub_files(root, root_uuid, KERNEL_APPEND)
+        esp = work / "esp.fat"
+        _esp.make_esp(esp, volume_id=esp_id, bootx64=_esp.grub_efi(root), workdir=work)
         raw = work / "disk.raw"
-        say(f"writing the disk ({size >> 20} MiB, ext4 + GRUB)")
+        say(f"writing the disk ({size >> 20} MiB: EFI system partition, ext4, GRUB for "
+            "BIOS and UEFI)")
         _disk.assemble(root, raw, size=size, root_uuid=root_uuid, boot_img=boot_img,
-                       core_img=core_img)
+                       core_img=core_img, esp=esp)
         say("converting to qcow2")
         tmp = out_qcow2.with_name(out_qcow2.name + ".tmp")
         qemu_img.run(["convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(tmp)],
