@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vmanager import state
+from vmanager import paths, state
 from vmanager.cli import console
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import ConfigError, ShutdownTimeout, StateError
@@ -77,12 +77,22 @@ def _cloud_init_file(text: str) -> dict[str, Any]:
     return dict(data)
 
 
+def nvram_path(name: str) -> Path:
+    """Where a defined UEFI machine keeps its variable store (libvirt: ``NAME_VARS.fd``)."""
+    return paths.state_dir() / "nvram" / f"{name}_VARS.fd"
+
+
 def cmd_define(args: argparse.Namespace) -> int:
     definition: dict[str, Any] = {
         "memory": args.memory, "cpus": args.cpus, "accel": args.accel, "nics": args.nics,
         "disks": [_parse_disk(d) for d in args.disk],
         "cd": str(Path(args.cd).resolve()) if args.cd else None,
+        "firmware": args.firmware,
     }
+    if args.firmware == "uefi":
+        # kept between starts, as libvirt keeps a defined domain's; undefine removes it
+        definition["nvram"] = str(nvram_path(args.name))
+        paths.private_dir(nvram_path(args.name).parent)
     if args.guest:
         definition["guest"] = args.guest
     if args.cloud_init:
@@ -121,6 +131,9 @@ def cmd_undefine(args: argparse.Namespace) -> int:
                              "'vmanager clean' a stale one) first", state="running")
         records.delete(args.name)
         disk = remove_image_overlay(args.name, record.definition)
+        nvram = record.definition.get("nvram")
+        if nvram is not None and Path(nvram) == nvram_path(args.name):
+            nvram_path(args.name).unlink(missing_ok=True)  # made by define, not the user's
     _say(args, {"name": args.name, "undefined": True, "removed_disk": str(disk) if disk else None},
          f"undefined {args.name}" + (f" (removed its disk {disk})" if disk else ""))
     return 0
@@ -319,6 +332,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--memory", default=256, help="RAM, MiB or with a unit (default 256)")
     p.add_argument("--cpus", type=int, default=1)
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
+    p.add_argument("--firmware", choices=("bios", "uefi"), default="bios",
+                   help="SeaBIOS (default) or UEFI (OVMF; its variable store is kept "
+                        "between starts and removed by undefine)")
     p.add_argument("--disk", action="append", default=[], metavar="PATH[:SIZE]",
                    help="a qcow2 disk; created with SIZE on first start if missing")
     p.add_argument("--cd", metavar="ISO")

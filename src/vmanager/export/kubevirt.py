@@ -171,6 +171,9 @@ def _machine(lab: Lab, m: MachineSpec, namespace: str | None, labels: dict[str, 
         notes.append(f"machine {m.name}: boots a kernel directly; build and push a container "
                      f"image {image} holding /boot/vmlinuz"
                      + (" and /boot/initrd.img" if "initrdPath" in boot["container"] else ""))
+    if m.firmware == "uefi":
+        # KubeVirt's OVMF, without Secure Boot (which would need SMM)
+        domain.setdefault("firmware", {})["bootloader"] = {"efi": {"secureBoot": False}}
     spec: dict[str, Any] = {"domain": domain, "networks": networks}
     if volumes:
         spec["volumes"] = volumes

@@ -26,7 +26,7 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
     where = ("machines", mname)
     body = c.table(raw, where)
     c.keys(body, where, {"guest", "kernel", "initrd", "append", "memory", "cpus", "accel",
-                         "disks", "cd", "nics", "server", "cloud_init"})
+                         "disks", "cd", "nics", "server", "cloud_init", "firmware"})
     c.check(where, lambda: validate.name(mname, what="machine name", max_len=15))
     guest = c.typed(body, "guest", str, where)
     if guest is not None and guest != "tiny" and guest not in DISTRIBUTIONS:
@@ -54,6 +54,9 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
     accel = c.typed(body, "accel", str, where, "auto")
     if accel not in ("auto", "kvm", "tcg"):
         raise c.fail((*where, "accel"), f"must be auto, kvm or tcg, not {accel!r}")
+    firmware = c.typed(body, "firmware", str, where, "bios")
+    if firmware not in ("bios", "uefi"):
+        raise c.fail((*where, "firmware"), f"must be bios or uefi, not {firmware!r}")
     base = path.parent if path.name != "<lab>" else Path.cwd()
 
     def resolve(value: str, key: tuple[str, ...]) -> str:
@@ -119,7 +122,7 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
                        tuple(disks), resolve(cd, (*where, "cd")) if cd else None,
                        tuple(nics),
                        server=_servers.check_server(c, where, body, server_names),
-                       cloud_init=cloud_init)
+                       cloud_init=cloud_init, firmware=firmware)
 
 
 def impairment(c: Checker, body: Mapping[str, Any], where: tuple[str, ...]) -> Impairment:

@@ -82,6 +82,7 @@ def to_json(m: Machine) -> dict[str, Any]:
         "memory": m.memory, "cpus": m.cpus, "accel": m.accel_requested,
         "cpu_model": m.cpu_model, "machine_type": m.machine_type,
         "tcg_tb_size": m.tcg_tb_size,
+        "firmware": m.firmware, "nvram": str(m.nvram) if m.nvram else None,
         "kernel": str(m.kernel) if m.kernel else None,
         "initrd": str(m.initrd) if m.initrd else None,
         "append": m.append, "extra_args": list(m.extra_args),

@@ -29,6 +29,7 @@ from vmanager.machine.boot import BootOrder
 from vmanager.machine.cdrom import CdDrive
 from vmanager.machine.chardevs import Chardevs
 from vmanager.machine.disks import Disks
+from vmanager.machine.firmware import UefiFlash, check_firmware, check_kernel
 from vmanager.machine.input import Input
 from vmanager.machine.memory import Memory
 from vmanager.machine.migration import Migration
@@ -71,6 +72,8 @@ class Machine(SeedVerbs):
     ``cloud_init`` (a :class:`~vmanager.CloudInit`) puts its NoCloud seed in the CD drive.
     ``tcg_tb_size`` caps TCG's translation buffer (MiB; it counts in QEMU's memory,
     ~50 MiB for the tiny guest at QEMU's default); ignored under KVM.
+    ``firmware`` is ``"bios"`` (SeaBIOS) or ``"uefi"`` (OVMF in flash, :attr:`flash`);
+    ``nvram`` keeps a UEFI machine's variable store in that file between runs.
 
     The features are parts it holds: :attr:`disks`, :attr:`cdrom`,
     :attr:`network`, :attr:`ram`, :attr:`screen`, :attr:`input`,
@@ -111,6 +114,8 @@ class Machine(SeedVerbs):
         recorder: Recorder | None = None,
         guest_agent: bool = True,
         cloud_init: CloudInit | None = None,
+        firmware: Literal["bios", "uefi"] = "bios",
+        nvram: str | Path | None = None,
     ) -> None:
         self.name = validate.name(name, what="machine name")
         self.cpus = definition.check_cpus(cpus)
@@ -120,6 +125,8 @@ class Machine(SeedVerbs):
         self.kernel, self.initrd, self.append = definition.check_boot(kernel, initrd, append)
         self.cpu_model = cpu_model
         self.machine_type = machine_type
+        self.firmware, self.nvram = check_firmware(firmware, nvram)
+        check_kernel(self.firmware, self.kernel)
         self.tcg_tb_size = definition.check_tb_size(tcg_tb_size)
         self.qemu_binary = qemu_binary
         self.extra_args = list(extra_args)
@@ -138,6 +145,8 @@ class Machine(SeedVerbs):
         self.argv: list[str] = []
         view = View(self)
         # -- the parts, in the order the Machine walks them ---------------------------------
+        self.flash = UefiFlash(view, self.firmware, self.nvram, lambda: self.machine_type)
+        """UEFI firmware in flash (``firmware="uefi"``): its code and variable store."""
         self.shell = GuestShell(view, Console(f"{self.name}/shell", logger=self.log))
         """The guest's backdoor shell (``execute``, ``succeed``...)."""
         self.ram = Memory(view, memory)
@@ -172,9 +181,9 @@ class Machine(SeedVerbs):
         The boot order comes after the devices it numbers (it sets their
         ``bootindex`` in the spec); the argv's own order is :func:`cmdline.build`'s.
         """
-        return [self.shell, self.agent, self.commands, self.screen, self.input, self.disks,
-                self.seed, self.cdrom, self.ram, self.migration, self.network, self.boot,
-                self.snapshots, self.chardevs]
+        return [self.flash, self.shell, self.agent, self.commands, self.screen, self.input,
+                self.disks, self.seed, self.cdrom, self.ram, self.migration, self.network,
+                self.boot, self.snapshots, self.chardevs]
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} {self.state.value}>"

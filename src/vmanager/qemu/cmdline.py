@@ -39,6 +39,9 @@ TABLET_ID = "vm-tablet"
 XHCI_ID = "vm-xhci"
 #: The whole-machine snapshot state disk's node (never a guest device).
 STATE_NODE = "vmstate"
+#: Block nodes of UEFI firmware's flash chips: its code (read-only) and variable store.
+FIRMWARE_CODE_NODE = "fw-code"
+FIRMWARE_VARS_NODE = "fw-vars"
 disk_id = blockdev.disk_id
 cd_id = blockdev.cd_id
 
@@ -163,18 +166,22 @@ class MachineSpec:
     nics: tuple[NicSpec, ...] = ()
     #: the listening socket of the guest agent's channel, or ``None`` for none
     agent_fd: int | None = None
+    #: UEFI firmware: its code and the machine's variable store (both, or neither: SeaBIOS)
+    firmware_code: str | None = None
+    firmware_vars: str | None = None
     extra_args: tuple[str, ...] = field(default=())
 
 
 def build(spec: MachineSpec) -> list[str]:
     """QEMU's argv for ``spec`` (pure: the same spec always gives the same list)."""
     s = spec.sockets
+    flash, flash_props = firmware_args(spec.firmware_code, spec.firmware_vars)
     if spec.accel == "tcg" and spec.tcg_tb_size is not None:
         # tb-size is an option of the accelerator object, which -machine accel= cannot take
-        machine = ["-machine", spec.machine_type,
+        machine = ["-machine", spec.machine_type + flash_props,
                    "-accel", f"tcg,tb-size={spec.tcg_tb_size}"]
     else:
-        machine = ["-machine", f"{spec.machine_type},accel={spec.accel}"]
+        machine = ["-machine", f"{spec.machine_type},accel={spec.accel}{flash_props}"]
     if s.serial_log_fd is not None:  # QEMU opens /dev/fdset/N: a dup of the inherited fd
         fdset = ["-add-fd", f"fd={s.serial_log_fd},set={SERIAL_LOG_FDSET},opaque=serial-log"]
         serial_log = f"/dev/fdset/{SERIAL_LOG_FDSET}"
@@ -193,7 +200,7 @@ def build(spec: MachineSpec) -> list[str]:
             "-chardev", f"socket,id={SHELL_ID},fd={s.shell_fd},server=on,wait=on",
             # a port, not a console: no tty layer in the guest (see guests/_scripts.py)
             "-device", f"virtserialport,chardev={SHELL_ID},name={SHELL_PORT_NAME},"
-                       f"id={SHELL_DEVICE}"]
+                       f"id={SHELL_DEVICE}", *flash]
     if spec.agent_fd is not None:
         argv += ["-chardev", f"socket,id={AGENT_ID},fd={spec.agent_fd},server=on,wait=off",
                  "-device", f"virtserialport,bus={VSERIAL_BUS},chardev={AGENT_ID},"
@@ -227,6 +234,25 @@ def build(spec: MachineSpec) -> list[str]:
     if microvm.is_microvm(spec.machine_type):
         argv = microvm.adapt(argv)
     return argv + list(spec.extra_args)
+
+
+def firmware_args(code: str | None, nvram: str | None) -> tuple[list[str], str]:
+    """UEFI in flash: the ``-blockdev``s and the ``-machine`` properties naming them.
+
+    Empty for SeaBIOS (neither file). The code is opened read-only, the variable
+    store read-write; the machine maps them as ``pflash0`` and ``pflash1``.
+    """
+    if code is None and nvram is None:
+        return [], ""
+    if code is None or nvram is None:
+        raise ValueError("UEFI firmware needs both its code and a variable store")
+    argv = [*blockdev.blockdev({"driver": "raw", "node-name": FIRMWARE_CODE_NODE,
+                                "read-only": True,
+                                "file": {"driver": "file", "filename": code,
+                                         "read-only": True}}),
+            *blockdev.blockdev({"driver": "raw", "node-name": FIRMWARE_VARS_NODE,
+                                "file": {"driver": "file", "filename": nvram}})]
+    return argv, f",pflash0={FIRMWARE_CODE_NODE},pflash1={FIRMWARE_VARS_NODE}"
 
 
 def display_args(*, vga: str, tablet: str | None) -> list[str]:

@@ -51,7 +51,8 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
     """
     from vmanager.storage import CD, Harddrive
     kw: dict[str, Any] = {}
-    for key in ("memory", "cpus", "accel", "machine_type", "tcg_tb_size", "qemu_binary"):
+    for key in ("memory", "cpus", "accel", "machine_type", "tcg_tb_size", "qemu_binary",
+                "firmware", "nvram"):
         if definition.get(key) is not None:
             kw[key] = definition[key]
     if not for_attach:
