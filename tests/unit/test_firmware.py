@@ -187,6 +187,13 @@ def test_nvram_file_is_made_once_kept_and_checked(tmp_path: Path,
     nvram.symlink_to(ovmf.vars_template)
     with pytest.raises(ConfigError, match="not a regular file"):
         part.prepare(_launch(tmp_path / "run4"))
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)                               # anyone could swap files in there
+    other = UefiFlash(_View(), "uefi", shared / "v.fd", lambda: "pc")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="writable by others"):
+        other.prepare(_launch(tmp_path / "run5"))
+    assert not (shared / "v.fd").exists()
 
 
 def test_a_failed_start_removes_the_nvram_it_made(tmp_path: Path,
@@ -233,5 +240,5 @@ def test_lab_files_take_firmware_and_exports_keep_it() -> None:
     vm = next(d for d in export(lab).manifests if d["kind"] == "VirtualMachine")
     assert vm["spec"]["template"]["spec"]["domain"]["firmware"]["bootloader"] == {
         "efi": {"secureBoot": False}}
-    with pytest.raises(LabFileError, match="machines.efi.firmware"):
+    with pytest.raises(LabFileError, match=r"machines\.efi\.firmware"):
         parse(LAB.replace('"uefi"', '"coreboot"'), path=Path("/labs/efi.toml"))

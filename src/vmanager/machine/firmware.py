@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmanager import validate
+from vmanager import paths, validate
 from vmanager.errors import ConfigError, HostError
 from vmanager.machine.part import Launch, MachineView, Part
 from vmanager.qemu import firmware as _firmware
@@ -96,6 +96,14 @@ class UefiFlash(Part):
         if self.kind != "uefi":
             return
         fw = _firmware.find_uefi(self._machine_type())
+        for path in (fw.code, fw.vars_template):
+            why = paths.trusted_path(path)
+            if why is not None:
+                raise HostError(f"UEFI firmware {path} ({fw.source}) is not safe to run: {why}")
+        if self.nvram is not None:
+            why = paths.trusted_path(self.nvram)
+            if why is not None:
+                raise ConfigError(f"nvram {str(self.nvram)!r} is not safe to use: {why}")
         target = self.nvram if self.nvram is not None else launch.run_dir / RUN_VARS
         if self.nvram is not None and os.path.lexists(target):
             _check_store(target, fw.vars_template)
