@@ -95,14 +95,14 @@ def cmd_define(args: argparse.Namespace) -> int:
         paths.private_dir(nvram_path(args.name).parent)
     if args.guest:
         definition["guest"] = args.guest
-    if args.cloud_init:
-        definition["cloud_init"] = _cloud_init_file(args.cloud_init)
     elif args.kernel:
         definition.update(kernel=str(Path(args.kernel).resolve()),
                           initrd=str(Path(args.initrd).resolve()) if args.initrd else None,
                           append=args.append)
     elif not definition["disks"] and not definition["cd"]:
         raise ConfigError("nothing to boot: give --guest, --kernel, --disk or --cd")
+    if args.cloud_init:
+        definition["cloud_init"] = _cloud_init_file(args.cloud_init)
     record = records.MachineRecord(args.name, definition=definition, persistent=True)
     # build once without starting: validates names, sizes and files now
     state.build_machine(record, for_attach=True)
