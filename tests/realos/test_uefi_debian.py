@@ -9,10 +9,7 @@ tests/realos/test_debian_guest.py.
 from __future__ import annotations
 
 import contextlib
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +17,7 @@ import pytest
 from vmanager import Machine, images, paths
 from vmanager.errors import HostError, VmanagerError
 from vmanager.qemu import firmware
+from vmcli import ok, vm
 from vmtest_util import unique_name
 
 pytestmark = pytest.mark.guest
@@ -32,24 +30,17 @@ except HostError:
     OVMF = None
 
 
-def vm(*args: str, timeout: float = 300) -> str:
-    r = subprocess.run([sys.executable, "-m", "vmanager.cli.main", *args], capture_output=True,
-                       text=True, timeout=timeout, env=os.environ.copy())
-    assert r.returncode == 0, f"vmanager {' '.join(args)} -> {r.returncode}\n{r.stderr}"
-    return r.stdout
-
-
 @pytest.mark.skipif(OVMF is None, reason="OVMF is not installed (scripts/setup installs it)")
 def test_debian_boots_under_uefi_and_is_driven_through_attach(
         debian_image: images.Image) -> None:
     assert OVMF is not None and "uefi" in debian_image.firmware
     name = unique_name("efi")
     overlay = paths.state_dir() / "disks" / f"{name}-debian-12.qcow2"
-    vm("define", name, "--guest", "debian-12", "--firmware", "uefi", "--memory", "1024")
+    ok("define", name, "--guest", "debian-12", "--firmware", "uefi", "--memory", "1024")
     nvram = paths.state_dir() / "nvram" / f"{name}_VARS.fd"
     m: Machine | None = None
     try:
-        vm("start", name)                  # that process exits; QEMU runs on
+        ok("start", name)                  # that process exits; QEMU runs on
         assert stat.S_IMODE(nvram.stat().st_mode) == 0o600
         m = Machine.attach(name)
         assert m.firmware == "uefi" and m.flash.vars == nvram and m.flash.code == OVMF.code
@@ -81,6 +72,6 @@ def test_debian_boots_under_uefi_and_is_driven_through_attach(
         else:
             with contextlib.suppress(VmanagerError):
                 Machine.attach(name).kill()
-        vm("undefine", name)
-        overlay.unlink(missing_ok=True)
-    assert not nvram.exists()   # undefine removed what define made
+        undefined = vm("undefine", name)
+    assert undefined.returncode == 0, undefined.stderr
+    assert not nvram.exists() and not overlay.exists()   # undefine removed what define made

@@ -10,12 +10,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from vmanager import paths, state
+from vmanager import state
 from vmanager.cli import console
 from vmanager.cli._output import Progress, emit_json, table
 from vmanager.errors import ConfigError, ShutdownTimeout, StateError
 from vmanager.state import records
-from vmanager.state.persist import PersistentMachine, remove_image_overlay
+from vmanager.state.persist import (
+    PersistentMachine,
+    nvram_path,
+    remove_image_overlay,
+    remove_nvram,
+)
 
 #: Ctrl-] leaves ``vmanager console``, as in telnet and virsh.
 ESCAPE = b"\x1d"
@@ -77,22 +82,15 @@ def _cloud_init_file(text: str) -> dict[str, Any]:
     return dict(data)
 
 
-def nvram_path(name: str) -> Path:
-    """Where a defined UEFI machine keeps its variable store (libvirt: ``NAME_VARS.fd``)."""
-    return paths.state_dir() / "nvram" / f"{name}_VARS.fd"
-
-
 def cmd_define(args: argparse.Namespace) -> int:
     definition: dict[str, Any] = {
         "memory": args.memory, "cpus": args.cpus, "accel": args.accel, "nics": args.nics,
         "disks": [_parse_disk(d) for d in args.disk],
         "cd": str(Path(args.cd).resolve()) if args.cd else None,
+        # UEFI variables are kept between starts, as libvirt keeps a defined domain's
         "firmware": args.firmware,
+        "nvram": str(nvram_path(args.name)) if args.firmware == "uefi" else None,
     }
-    if args.firmware == "uefi":
-        # kept between starts, as libvirt keeps a defined domain's; undefine removes it
-        definition["nvram"] = str(nvram_path(args.name))
-        paths.private_dir(nvram_path(args.name).parent)
     if args.guest:
         definition["guest"] = args.guest
     elif args.kernel:
@@ -131,9 +129,7 @@ def cmd_undefine(args: argparse.Namespace) -> int:
                              "'vmanager clean' a stale one) first", state="running")
         records.delete(args.name)
         disk = remove_image_overlay(args.name, record.definition)
-        nvram = record.definition.get("nvram")
-        if nvram is not None and Path(nvram) == nvram_path(args.name):
-            nvram_path(args.name).unlink(missing_ok=True)  # made by define, not the user's
+        remove_nvram(args.name, record.definition)
     _say(args, {"name": args.name, "undefined": True, "removed_disk": str(disk) if disk else None},
          f"undefined {args.name}" + (f" (removed its disk {disk})" if disk else ""))
     return 0

@@ -104,7 +104,27 @@ def remove_image_overlay(name: str, definition: Mapping[str, Any]) -> Path | Non
     guest = definition.get("guest")
     if guest not in DISTRIBUTIONS:
         return None
-    path = _overlay_path(name, str(guest))
+    return _remove_own_file(_overlay_path(name, str(guest)), f"{name} disk")
+
+
+def nvram_path(name: str) -> Path:
+    """Where a machine defined with UEFI keeps its variable store (libvirt's ``NAME_VARS.fd``)."""
+    return paths.private_dir(paths.state_dir() / "nvram") / f"{name}_VARS.fd"
+
+
+def remove_nvram(name: str, definition: Mapping[str, Any]) -> Path | None:
+    """Remove the variable store :func:`nvram_path` gave machine ``name`` (``undefine``).
+
+    An ``nvram`` the user chose elsewhere is theirs and never touched.
+    """
+    nvram = definition.get("nvram")
+    if not isinstance(nvram, str) or Path(nvram) != nvram_path(name):
+        return None
+    return _remove_own_file(Path(nvram), f"{name} UEFI variable store")
+
+
+def _remove_own_file(path: Path, what: str) -> Path | None:
+    """Remove ``path`` if it is a regular file of this user; else leave it with a warning."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -113,7 +133,7 @@ def remove_image_overlay(name: str, definition: Mapping[str, Any]) -> Path | Non
         _log.warning("not removing %s: not a regular file of this user", path)
         return None
     path.unlink()
-    _log.info("removed %s disk %s", name, path)
+    _log.info("removed %s %s", what, path)
     return path
 
 
