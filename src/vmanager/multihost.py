@@ -4,7 +4,11 @@ Each server is a network namespace with its own ``sshd`` (Debian's
 openssh-server), its own vmanager state and run directories (``SetEnv`` in
 its sshd_config) and its own ``/run/netns`` (sshd runs in a private mount
 namespace with a tmpfs there, so two servers can both have a namespace named
-after the same machine, as real servers can). The servers sit on an underlay:
+after the same machine, as real servers can) and its own local storage: the
+directory :attr:`Simulation.storage` is, on each server, a bind mount of that
+server's own directory (``SimServer.storage``), so a disk path in a lab file
+names a different file on each server, as on servers that share no storage.
+The servers sit on an underlay:
 a bridge on this host with one veth per server, in a /24 picked at random from
 100.64.0.0/10 whose ``.254`` is this host's address. Keys are generated per
 simulation; the client's ``known_hosts`` lists exactly the servers' host keys.
@@ -42,7 +46,8 @@ SSHD = "/usr/sbin/sshd"
 UNDERLAY_MTU = 1550  # VXLAN's 50 bytes on top of a 1500-byte inner MTU
 
 # Runs as the sshd's parent: private mounts, a tmpfs on /run/netns, the server's
-# network namespace, then exec. ctypes: os.unshare/os.setns need Python 3.12.
+# own storage bound on the common storage path, the server's network namespace,
+# then exec. ctypes: os.unshare/os.setns need Python 3.12.
 _LAUNCHER = """
 import ctypes, os, sys
 libc = ctypes.CDLL(None, use_errno=True)
@@ -54,9 +59,11 @@ check(libc.unshare(0x20000), "unshare(CLONE_NEWNS)")
 check(libc.mount(b"none", b"/", None, 0x4000 | (1 << 18), None), "make / private")
 os.makedirs("/run/netns", exist_ok=True)
 check(libc.mount(b"tmpfs", b"/run/netns", b"tmpfs", 0, b"mode=0755"), "tmpfs /run/netns")
+check(libc.mount(os.fsencode(sys.argv[2]), os.fsencode(sys.argv[3]), None, 0x1000, None),
+      "bind the server's storage")
 check(libc.setns(fd, 0x40000000), "setns")
 os.close(fd)
-os.execv(sys.argv[2], sys.argv[2:])
+os.execv(sys.argv[4], sys.argv[4:])
 """
 
 
@@ -71,6 +78,11 @@ class SimServer:
     state_dir: Path
     run_dir: Path
     process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def storage(self) -> Path:
+        """This server's local storage, seen by it at :attr:`Simulation.storage`."""
+        return self.dir / "storage"
 
     def processes(self) -> list[int]:
         """Every process whose network namespace is this server's (sshd included)."""
@@ -124,6 +136,11 @@ class Simulation:
         return self.base / "known_hosts"
 
     @property
+    def storage(self) -> Path:
+        """A path that is each server's own local storage (not shared between them)."""
+        return self.base / "storage"
+
+    @property
     def identity(self) -> Path:
         """The client key every server accepts."""
         return self.base / "client_key"
@@ -144,6 +161,7 @@ class Simulation:
         self.base.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.base, 0o700)
         _keygen(self.identity)
+        self.storage.mkdir(mode=0o700, exist_ok=True)
         bridge = self._stack.enter_context(Switch(self.underlay))
         Interface(bridge.name).add_address(f"{self.host_address}/24")
         with contextlib.suppress(OSError):  # sshd's privilege separation directory
@@ -158,7 +176,7 @@ class Simulation:
                                            mtu=self.underlay_mtu))
             d = self.base / name
             server = SimServer(name, ns.name, address, d, d / "state", d / "run")
-            for p in (d, server.state_dir, server.run_dir):
+            for p in (d, server.state_dir, server.run_dir, server.storage):
                 p.mkdir(mode=0o700, exist_ok=True)
             _keygen(d / "host_key")
             host_key = (d / "host_key.pub").read_text().split()
@@ -192,7 +210,8 @@ class Simulation:
         log_file = open(s.dir / "sshd.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             s.process = subprocess.Popen(
-                [sys.executable, "-c", _LAUNCHER, f"/run/netns/{s.netns}", SSHD, "-D", "-e",
+                [sys.executable, "-c", _LAUNCHER, f"/run/netns/{s.netns}", str(s.storage),
+                 str(self.storage), SSHD, "-D", "-e",
                  "-f", str(s.dir / "sshd_config")], stdin=subprocess.DEVNULL,
                 stdout=log_file, stderr=subprocess.STDOUT)
         finally:

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from _simlab import remote_json, two_server_lab
 
 from vmanager.guests import TinyGuest
 from vmanager.multihost import Simulation
 from vmcli import ok, vm
-from vmtest_util import unique_name
 
 pytestmark = [pytest.mark.guest, pytest.mark.net]
 
@@ -30,61 +26,6 @@ if os.geteuid() != 0:
 if not Path("/usr/sbin/sshd").exists():
     pytest.skip("needs Debian's openssh-server (scripts/setup installs it)",
                 allow_module_level=True)
-
-VMANAGER = f"{sys.executable} -m vmanager.cli.main"
-
-
-@pytest.fixture(scope="module")
-def sim(tiny: TinyGuest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulation]:
-    base = Path(os.environ["VMANAGER_RUN_DIR"]).parent / f"sim-{unique_name('')}"
-    with Simulation(2, base_dir=base) as simulation:
-        yield simulation
-        assert simulation.leftovers() == {}, "processes left on the servers"
-
-
-def two_server_lab(sim: Simulation, tmp_path: Path, *, extra: str = "",
-                   disk_a: Path | None = None) -> tuple[Path, dict[str, str]]:
-    # The tiny guest this host built, by path: the servers (namespaces without a
-    # route out) could not fetch Debian packages to build one themselves.
-    from vmanager.guests import tiny_guest
-    guest = tiny_guest()
-    boot = (f'kernel = "{guest.kernel}"\ninitrd = "{guest.initrd}"\n'
-            f'append = "{guest.append()}"')
-    t = unique_name("")
-    n = {"lab": f"mh{t}", "sw": f"lan{t}", "a": f"a{t}", "b": f"b{t}"}
-    body = f"""
-[lab]
-name = "{n['lab']}"
-allow_paths = ["/"]  # the tiny guest's kernel and disks live outside this directory
-
-{sim.servers_toml(vmanager=VMANAGER)}
-[switches.{n['sw']}]
-
-[machines.{n['a']}]
-{boot}
-memory = 256
-server = "s1"
-{f'disks = [{{ path = "{disk_a}", size = "32M" }}]' if disk_a else ""}
-nics = [{{ switch = "{n['sw']}" }}]
-
-[machines.{n['b']}]
-{boot}
-memory = 256
-server = "s2"
-nics = [{{ switch = "{n['sw']}" }}]
-{extra}"""
-    path = tmp_path / "lab.toml"
-    path.write_text(body)
-    return path, n
-
-
-def remote_json(sim: Simulation, server: str, *args: str) -> Any:
-    s = next(x for x in sim.servers if x.name == server)
-    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={sim.known_hosts}",
-            "-i", str(sim.identity), f"root@{s.address}", "--", VMANAGER, "--json", *args]
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
 
 
 def test_guests_on_two_servers_ping_across_and_down_leaves_nothing(
@@ -170,8 +111,13 @@ def test_a_machine_migrates_to_the_other_server_and_back_keeping_its_state(
         ok("exec", b, "--", "ip addr add 10.77.0.2/24 dev eth0 && ip link set eth0 up")
         ok("exec", a, "--", "echo kept-$((6*7)) > /tmp/mark")
         ok("exec", a, "--", "echo on-disk | dd of=/dev/vda bs=512 count=1 conv=fsync")
-        refused = vm("migrate", str(lab), a, "--to", "s2")  # disks, and not said shared
-        assert refused.returncode == 6 and "shared" in refused.stderr
+        # not said to be shared: the destination finds the disk's file there already
+        # (the same file), and refuses rather than overwrite it
+        refused = vm("migrate", str(lab), a, "--to", "s2")
+        assert refused.returncode != 0, refused.stdout
+        assert "exists on this server already" in refused.stderr
+        assert "--shared-storage" in refused.stderr
+        assert ok("exec", a, "--", "head -c 7 /dev/vda").strip() == "on-disk"
         mac = ok("exec", a, "--", "cat /sys/class/net/eth0/address").strip()
         boot_id = ok("exec", a, "--", "cat /proc/sys/kernel/random/boot_id").strip()
         report = json.loads(ok("--json", "migrate", str(lab), a, "--to", "s2",

@@ -121,16 +121,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.json or args.quiet)
     with progress.step(f"migrating {args.machine} to {args.to}"):
         report = migrate(lab, args.machine, to=args.to, timeout=args.timeout,
-                         downtime_ms=args.downtime_ms, shared_storage=args.shared_storage)
+                         downtime_ms=args.downtime_ms, shared_storage=args.shared_storage,
+                         progress=progress.callback())
     data = {"machine": report.machine, "from": report.source, "to": report.target,
             "total_ms": report.total_ms, "downtime_ms": report.downtime_ms,
-            "transferred": report.transferred, "wall_s": report.wall_s}
+            "transferred": report.transferred, "wall_s": report.wall_s,
+            "disks": report.disks, "mirror_s": report.mirror_s}
     if args.json:
         emit_json(data)
     elif not args.quiet:
         print(f"{report.machine}: {report.source} -> {report.target} in {report.total_ms} ms "
               f"(downtime {report.downtime_ms} ms, {report.transferred >> 20} MiB; "
               f"{report.wall_s:.1f} s in all)")
+        for d in report.disks:
+            print(f"  disk {d['path']} ({int(d['size']) >> 20} MiB) moved to {report.target}")
     return 0
 
 
@@ -146,7 +150,7 @@ def cmd_migrate_receive(args: argparse.Namespace) -> int:
     if not isinstance(definition, dict):
         raise ConfigError("--definition must be a JSON object")
     result = receive(args.lab, args.machine, definition, stream=sys.stdin.fileno(),
-                     timeout=args.timeout)
+                     timeout=args.timeout, disks=_json_list(args.mirror, "--mirror"))
     emit_json(result)
     return 0
 
@@ -157,7 +161,44 @@ def cmd_migrate_send(args: argparse.Namespace) -> int:
     # nothing else may write to the stream: stdout becomes stderr for this process
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     send(args.machine, stream=out, control=sys.stdin, report=sys.stderr,
-         timeout=args.timeout, downtime_ms=args.downtime_ms)
+         timeout=args.timeout, downtime_ms=args.downtime_ms,
+         disks=_json_list(args.mirror, "--mirror"))
+    return 0
+
+
+def _json_list(text: str | None, option: str) -> Any:
+    import json
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option} is not JSON: {exc}") from exc
+    if not isinstance(value, list):
+        raise ConfigError(f"{option} must be a JSON list")
+    return value
+
+
+def cmd_migrate_plan(args: argparse.Namespace) -> int:
+    from vmanager.cli._output import emit_json
+    from vmanager.lab.mirror import plan
+    from vmanager.state.persist import attach, detach
+    m = attach(args.machine, timeout=30)
+    try:
+        disks = plan(m)
+    finally:
+        detach(m)
+    emit_json({"machine": args.machine, "disks": disks})
+    return 0
+
+
+def cmd_migrate_relay(args: argparse.Namespace) -> int:
+    from vmanager.lab.mirror import relay
+    from vmanager.state.persist import run_dir_of
+    out = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the stream is the relay's alone
+    relay(run_dir_of(args.machine), args.listen or args.connect, listen=bool(args.listen),
+          stdin=sys.stdin.fileno(), stdout=out, timeout=args.timeout)
     return 0
 
 
@@ -174,7 +215,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--downtime-ms", type=int, default=100, metavar="MS",
                    help="the longest pause QEMU may plan for the last copy (default 100)")
     p.add_argument("--shared-storage", action="store_true",
-                   help="the machine's disks are on storage both servers share")
+                   help="the machine's disks are on storage both servers share at the same "
+                   "path (default: the disks are mirrored to the destination and removed "
+                   "from the source)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S")
     p = sub.add_parser("migrate-receive", parents=[common], help="(run by 'migrate' on the "
                        "destination server) take a machine's state from stdin")
@@ -182,10 +225,26 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("lab")
     p.add_argument("machine")
     p.add_argument("--definition", required=True, metavar="JSON")
+    p.add_argument("--mirror", metavar="JSON", help="the source's disks, to make here empty "
+                   "and export for the source's block mirror")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S")
     p = sub.add_parser("migrate-send", parents=[common], help="(run by 'migrate' on the "
                        "source server) send a machine's state to stdout")
     p.set_defaults(func=cmd_migrate_send)
     p.add_argument("machine")
     p.add_argument("--downtime-ms", type=int, default=100, metavar="MS")
+    p.add_argument("--mirror", metavar="JSON", help="the disks to mirror first (the plan "
+                   "the destination made them from)")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="S")
+    p = sub.add_parser("migrate-plan", parents=[common], help="(run by 'migrate' on the "
+                       "source server) list a machine's writable disks and their sizes")
+    p.set_defaults(func=cmd_migrate_plan)
+    p.add_argument("machine")
+    p = sub.add_parser("migrate-relay", parents=[common], help="(run by 'migrate' on both "
+                       "servers) join a socket in a machine's run directory to stdin/stdout")
+    p.set_defaults(func=cmd_migrate_relay)
+    p.add_argument("machine")
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--listen", metavar="NAME")
+    way.add_argument("--connect", metavar="NAME")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S")

@@ -16,25 +16,30 @@ destination runs the guest is the source told to end it; otherwise it
 resumes. The lab record here then places the machine on the new server,
 which later ``up``, ``inspect`` and machine commands follow.
 
-Disks: a lab machine without disks (the tiny guest, kernel + initrd) moves
-completely. Disks are not mirrored yet (QEMU's block mirror to an NBD export on
-the destination would do it); such a machine is refused unless its disks are
-on storage both servers share at the same path.
+Disks: unless told the storage is shared, the destination makes each writable
+disk anew (empty, same size and format, same path) and the source mirrors it
+there before the RAM goes, through one more pair of SSH connections per disk
+(:mod:`vmanager.lab.mirror`); the source's images are removed once the guest
+runs on the destination. With ``shared_storage`` both QEMUs open the same files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from vmanager.errors import ConfigError, HostError, NotFoundError, QemuError
-from vmanager.lab import multi
+from vmanager.lab import mirror, multi
 from vmanager.lab.remote import Remote, ssh_argv
+from vmanager.lab.servers import ServerSpec
 from vmanager.lab.spec import Lab
 
 log = logging.getLogger(__name__)
@@ -51,15 +56,25 @@ class CrossMigration:
     downtime_ms: int | None   #: QEMU's measured downtime (guest paused)
     transferred: int          #: RAM bytes QEMU sent
     wall_s: float             #: the whole call, preparing the destination included
+    #: the disks mirrored to the destination (node, path, size in bytes); empty when
+    #: the machine has none or the storage is shared
+    disks: list[dict[str, Any]] = field(default_factory=list)
+    mirror_s: float = 0.0     #: until the mirrors were in step (before the RAM moved)
 
 
 def migrate(lab: Lab, machine: str, *, to: str, timeout: float = 600.0,
-            downtime_ms: int = 100, shared_storage: bool = False) -> CrossMigration:
+            downtime_ms: int = 100, shared_storage: bool = False,
+            progress: Callable[[str], None] | None = None) -> CrossMigration:
     """Move running ``machine`` of ``lab`` to server ``to``, live.
 
+    Its writable disks are mirrored to ``to`` first and removed from the source
+    afterwards, unless ``shared_storage`` says both servers see them at the same
+    path. ``progress`` gets a line now and then while disks are copied.
+
     Raises:
-        ConfigError: unknown machine or server, the machine is there already, or
-            it has disks and ``shared_storage`` is not set.
+        ConfigError: unknown machine or server, the machine is there already.
+        StorageError (remote): a disk's file exists on ``to`` already (shared
+            storage not declared?) or cannot be made there.
         RemoteNotFound: a switch the machine uses is not on ``to`` (stretch it
             there first: place a machine on it).
         NotFoundError: the lab is not up / the machine has no server here.
@@ -82,35 +97,43 @@ def migrate(lab: Lab, machine: str, *, to: str, timeout: float = 600.0,
                             "Machine.migrate)")
     if source.name == to:
         raise ConfigError(f"machine {machine!r} is on server {to!r} already")
-    if spec.disks and not shared_storage:
-        raise ConfigError(f"machine {machine!r} has disks; moving them between servers "
-                          "(block mirror) is not supported yet: put them on storage both "
-                          "servers share at the same path and pass shared_storage=True")
     # the destination itself refuses when a switch of the machine is not there
     src, dst = Remote(source), Remote(servers[to])
     src.check_version()
     dst.check_version()
     definition = json.dumps(spec.definition())
+    disks: list[dict[str, Any]] = []
+    if not shared_storage and (spec.disks or spec.guest not in (None, "tiny")):
+        disks = list(src.call(["migrate-plan", machine], timeout=60)["disks"])
+    extra = ["--mirror", json.dumps(disks)] if disks else []
     recv = subprocess.Popen(
         ssh_argv(dst.server, ["--json", "migrate-receive", lab.name, machine, "--definition",
-                              definition, "--timeout", str(timeout)]),
+                              definition, "--timeout", str(timeout), *extra]),
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     send: subprocess.Popen[bytes] | None = None
+    relays: list[subprocess.Popen[bytes]] = []
     try:
         assert recv.stdin is not None and recv.stdout is not None
         ready = recv.stdout.readline()
         if not ready:
             raise _failed(dst, recv, "did not get ready")
+        for d in disks:
+            relays += _relay_pair(source, dst.server, machine, d["node"], timeout)
         send = subprocess.Popen(
             ssh_argv(source, ["--json", "migrate-send", machine, "--downtime-ms",
-                              str(downtime_ms), "--timeout", str(timeout)]),
+                              str(downtime_ms), "--timeout", str(timeout), *extra]),
             stdin=subprocess.PIPE, stdout=recv.stdin, stderr=subprocess.PIPE)
         recv.stdin.close()  # the source's ssh holds the write end now
         recv.stdin = None
         report_lines: list[bytes] = []
         assert send.stderr is not None
         errors = send.stderr
-        reader = threading.Thread(target=lambda: report_lines.extend(errors), daemon=True)
+
+        def read() -> None:
+            for line in errors:
+                report_lines.append(line)
+                _progress(line, machine, progress)
+        reader = threading.Thread(target=read, daemon=True)
         reader.start()
         _, err = recv.communicate(timeout=timeout)
         if recv.returncode != 0:
@@ -125,18 +148,80 @@ def migrate(lab: Lab, machine: str, *, to: str, timeout: float = 600.0,
             raise QemuError(f"source server {source.name!r}: "
                             f"{b''.join(report_lines).decode(errors='replace')[-1500:]}")
     except BaseException:
-        for proc in (send, recv):
+        for proc in (send, recv, *relays):
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
         raise
+    finally:
+        _end_relays(relays)
     multi.move_machine(lab.name, machine, servers[to])
     wall = time.monotonic() - t0
     log.info("migrated %s from %s to %s: total %s ms, downtime %s ms, wall %.2f s", machine,
              source.name, to, result["total_ms"], result["downtime_ms"], wall)
     return CrossMigration(machine, source.name, to, int(result["total_ms"]),
                           result.get("downtime_ms"), int(result.get("transferred", 0)),
-                          round(wall, 3))
+                          round(wall, 3), list(result.get("disks") or []),
+                          float(result.get("mirror_s") or 0.0))
+
+
+def _relay_pair(source: ServerSpec, target: ServerSpec, machine: str, node: str,
+                timeout: float) -> list[subprocess.Popen[bytes]]:
+    """Join the source's relay socket for disk ``node`` to the destination's NBD
+    server: two SSH connections, two OS pipes between them, no copy in Python here."""
+    to_target, from_source = os.pipe()
+    to_source, from_target = os.pipe()
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        procs.append(subprocess.Popen(
+            ssh_argv(source, ["migrate-relay", machine, "--listen", mirror.relay_socket(node),
+                              "--timeout", str(timeout)]),
+            stdin=to_source, stdout=from_source, stderr=subprocess.DEVNULL))
+        procs.append(subprocess.Popen(
+            ssh_argv(target, ["migrate-relay", machine, "--connect", mirror.EXPORT_SOCKET,
+                              "--timeout", str(timeout)]),
+            stdin=to_target, stdout=from_target, stderr=subprocess.DEVNULL))
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        for fd in (to_target, from_source, to_source, from_target):
+            os.close(fd)
+    return procs
+
+
+def _end_relays(relays: list[subprocess.Popen[bytes]]) -> None:
+    """The NBD connections end with the mirrors; give the relays a moment, then end them."""
+    deadline = time.monotonic() + 5
+    for proc in relays:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _progress(line: bytes, machine: str, progress: Callable[[str], None] | None) -> None:
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return
+    if not isinstance(data, dict) or "mirror" not in data:
+        return
+    if data["mirror"] == "ready":
+        text = f"{machine}: disks in step with the destination ({data.get('bytes', 0) >> 20} MiB)"
+    else:
+        text = (f"{machine}: mirroring {data['mirror']}: {int(data.get('done', 0)) >> 20} of "
+                f"{int(data.get('total', 0)) >> 20} MiB")
+    log.info("%s", text)
+    if progress is not None:
+        progress(text)
 
 
 def _verdict(send: subprocess.Popen[bytes], word: bytes, timeout: float) -> None:

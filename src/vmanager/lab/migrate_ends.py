@@ -25,9 +25,11 @@ import stat
 import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from vmanager.errors import ConfigError, NotFoundError, QemuError, StateError, VmanagerError
+from vmanager.lab import mirror
 from vmanager.lab import record as labrec
 from vmanager.state import records
 from vmanager.state.persist import attach, detach
@@ -64,11 +66,15 @@ def _say(data: dict[str, Any], out: Any) -> None:
 # -- destination --------------------------------------------------------------------------
 
 def receive(lab_name: str, machine: str, definition: dict[str, Any], *, stream: int,
-            timeout: float = 600.0) -> dict[str, Any]:
+            timeout: float = 600.0, disks: list[dict[str, Any]] | None = None
+            ) -> dict[str, Any]:
     """Start ``machine`` of lab ``lab_name`` here as a migration destination, fed from ``stream``.
 
-    Prints ``{"ready": true}`` on stdout once QEMU waits for the state; returns
-    once the guest runs here. On any failure nothing of the machine is left.
+    ``disks``: the source's writable disks (:func:`vmanager.lab.mirror.plan`),
+    made here empty and exported over NBD for the source to mirror into; ``None``
+    when the storage is shared. Prints ``{"ready": true}`` on stdout once QEMU
+    waits for the state; returns once the guest runs here. On any failure
+    nothing of the machine is left, its new disk images included.
 
     Raises:
         NotFoundError: the lab is not up on this server.
@@ -91,8 +97,13 @@ def receive(lab_name: str, machine: str, definition: dict[str, Any], *, stream: 
     records.save(MachineRecord(machine, definition=definition, persistent=True, lab=lab_name))
     rec.put(item)
     m = None
+    made: list[Path] = []
     try:
+        mirror.check_media(definition)
+        if disks:
+            mirror.create_disks(machine, definition, disks, made)
         m = start_lab_machine(records.load(machine), incoming=True)
+        mirror.export(m, disks or [])
         sock_path = m.run_dir / "migrate-in.sock"
         m.qmp("migrate-set-capabilities",
               {"capabilities": [{"capability": "events", "state": True}]})
@@ -111,6 +122,7 @@ def receive(lab_name: str, machine: str, definition: dict[str, Any], *, stream: 
             thread = threading.Thread(target=feed, name="vmanager-migrate-in", daemon=True)
             thread.start()
             status = _wait_incoming(m, timeout)
+        mirror.unexport(m, disks or [])
         m.migration.settle()  # the guest runs: its shell will not greet again
         detach(m)
         m = None
@@ -125,6 +137,9 @@ def receive(lab_name: str, machine: str, definition: dict[str, Any], *, stream: 
         with contextlib.suppress(VmanagerError):
             if records.find(machine) is not None:
                 records.delete(machine)
+        for path in made:  # after QEMU: it held them open
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
         raise
 
 
@@ -147,12 +162,16 @@ def _wait_incoming(m: Any, timeout: float) -> str:
 # -- source -------------------------------------------------------------------------------
 
 def send(machine: str, *, stream: int, control: Any, report: Any, timeout: float = 600.0,
-         downtime_ms: int = 100, bandwidth: int = DEFAULT_BANDWIDTH) -> dict[str, Any]:
+         downtime_ms: int = 100, bandwidth: int = DEFAULT_BANDWIDTH,
+         disks: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Migrate running ``machine`` into ``stream``; end it here on ``commit`` from ``control``.
 
-    Writes the migration result as one JSON line to ``report`` as soon as
-    QEMU completes, then waits for a line on ``control``: ``commit`` ends the
-    machine here (QEMU, namespace, records), anything else resumes it.
+    ``disks``: the plan the destination made its disks from; each is mirrored
+    through its relay socket first (:mod:`vmanager.lab.mirror`) and removed
+    here after the commit. Writes progress and then the migration result as
+    JSON lines to ``report``, then waits for a line on ``control``: ``commit``
+    ends the machine here (QEMU, namespace, records, moved disks), anything
+    else resumes it on its own disks.
 
     Raises:
         NotFoundError / StateError: no such running machine.
@@ -162,6 +181,11 @@ def send(machine: str, *, stream: int, control: Any, report: Any, timeout: float
     if rec_m is None:
         raise NotFoundError(f"machine {machine!r} does not exist on this server")
     m = attach(machine, timeout=30)
+    disks = disks or []
+    if disks and [d["node"] for d in mirror.plan(m)] != [d["node"] for d in disks]:
+        detach(m)
+        raise StateError(f"the disks of {machine} changed since the destination was "
+                         "prepared; try again")
     sock_path = m.run_dir / "migrate-out.sock"
     sock_path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -181,11 +205,19 @@ def send(machine: str, *, stream: int, control: Any, report: Any, timeout: float
         thread = threading.Thread(target=pump, name="vmanager-migrate-out", daemon=True)
         thread.start()
         m.qmp("migrate-set-capabilities",
-              {"capabilities": [{"capability": "events", "state": True}]})
+              {"capabilities": [{"capability": "events", "state": True},
+                                {"capability": "pause-before-switchover",
+                                 "state": bool(disks)}]})
         m.qmp("migrate-set-parameters", {"max-bandwidth": bandwidth,
                                          "downtime-limit": downtime_ms})
         t0 = time.monotonic()
+        if disks:
+            mirror.start_mirrors(m, disks, timeout=timeout,
+                                 progress=lambda data: _say(data, report))
+        mirror_s = time.monotonic() - t0
         m.qmp("migrate", {"uri": f"unix:{sock_path}"})
+        if disks:
+            mirror.switch_over(m, disks, timeout=timeout)
         info = _wait_outgoing(m, timeout)
         thread.join(30)
         _end_stream(stream)  # the destination sees the end of the stream
@@ -197,10 +229,14 @@ def send(machine: str, *, stream: int, control: Any, report: Any, timeout: float
                   "downtime_ms": info.get("downtime"), "setup_ms": info.get("setup-time"),
                   "transferred": int(ram.get("transferred", 0)),
                   "stream_bytes": copied[0] if copied else 0,
+                  "disks": [{"node": d["node"], "path": d["path"], "size": d["size"]}
+                            for d in disks], "mirror_s": round(mirror_s, 3),
                   "wall_s": round(time.monotonic() - t0, 3)}
     except BaseException:
         with contextlib.suppress(VmanagerError):
             m.qmp("migrate_cancel")
+        if disks:
+            mirror.stop_mirrors(m, disks)
         with contextlib.suppress(VmanagerError):
             if m.qmp("query-status")["status"] in ("postmigrate", "paused"):
                 m.qmp("cont")
@@ -217,7 +253,7 @@ def send(machine: str, *, stream: int, control: Any, report: Any, timeout: float
         detach(m)
         raise StateError(f"migration of {machine} was not confirmed by the destination; "
                          f"{machine} keeps running on this server")
-    _end_here(m)
+    _end_here(m, disks)
     return result
 
 
@@ -250,8 +286,9 @@ def _wait_outgoing(m: Any, timeout: float) -> dict[str, Any]:
         time.sleep(_POLL)
 
 
-def _end_here(m: Any) -> None:
-    """The guest runs elsewhere: end this QEMU without resuming it, remove its traces."""
+def _end_here(m: Any, disks: list[dict[str, Any]]) -> None:
+    """The guest runs elsewhere: end this QEMU without resuming it, remove its traces
+    and the images of the disks that moved."""
     from vmanager.lab.runner import _remove
     name = m.name
     record = records.find(name)
@@ -259,6 +296,8 @@ def _end_here(m: Any) -> None:
     with contextlib.suppress(VmanagerError):
         m.qmp("quit")
     m.kill()
+    if disks and record is not None:
+        mirror.remove_source_disks(name, record.definition, disks)
     if lab_name is None:
         return
     rec = labrec.load(lab_name)

@@ -137,6 +137,11 @@ def _remove_own_file(path: Path, what: str) -> Path | None:
     return path
 
 
+def image_overlay_path(name: str, image: str) -> Path:
+    """Where machine ``name``'s own disk on image ``image`` lives on this host."""
+    return _overlay_path(name, image)
+
+
 def _image_overlay(name: str, image: str, *, create: bool) -> Any:
     """Machine ``name``'s own disk on image ``image`` (made on first use)."""
     from vmanager import images

@@ -1,0 +1,63 @@
+"""Helpers of the multi-server tests: a two-server lab file, a server's own view."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vmanager.multihost import SimServer, Simulation
+from vmtest_util import unique_name
+
+VMANAGER = f"{sys.executable} -m vmanager.cli.main"
+
+
+def two_server_lab(sim: Simulation, tmp_path: Path, *, extra: str = "",
+                   disk_a: Path | None = None) -> tuple[Path, dict[str, str]]:
+    # The tiny guest this host built, by path: the servers (namespaces without a
+    # route out) could not fetch Debian packages to build one themselves.
+    from vmanager.guests import tiny_guest
+    guest = tiny_guest()
+    boot = (f'kernel = "{guest.kernel}"\ninitrd = "{guest.initrd}"\n'
+            f'append = "{guest.append()}"')
+    t = unique_name("")
+    n = {"lab": f"mh{t}", "sw": f"lan{t}", "a": f"a{t}", "b": f"b{t}"}
+    body = f"""
+[lab]
+name = "{n['lab']}"
+allow_paths = ["/"]  # the tiny guest's kernel and disks live outside this directory
+
+{sim.servers_toml(vmanager=VMANAGER)}
+[switches.{n['sw']}]
+
+[machines.{n['a']}]
+{boot}
+memory = 256
+server = "s1"
+{f'disks = [{{ path = "{disk_a}", size = "32M" }}]' if disk_a else ""}
+nics = [{{ switch = "{n['sw']}" }}]
+
+[machines.{n['b']}]
+{boot}
+memory = 256
+server = "s2"
+nics = [{{ switch = "{n['sw']}" }}]
+{extra}"""
+    path = tmp_path / "lab.toml"
+    path.write_text(body)
+    return path, n
+
+
+def remote_json(sim: Simulation, server: str, *args: str) -> Any:
+    s = next(x for x in sim.servers if x.name == server)
+    argv = ["ssh", "-o", "BatchMode=yes", "-o", f"UserKnownHostsFile={sim.known_hosts}",
+            "-i", str(sim.identity), f"root@{s.address}", "--", VMANAGER, "--json", *args]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def server(sim: Simulation, name: str) -> SimServer:
+    return next(x for x in sim.servers if x.name == name)
