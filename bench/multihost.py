@@ -8,11 +8,16 @@
   SSH connections) beside a local ``Machine.migrate`` of the same guest (unix
   socket), both with a 100 ms downtime limit: QEMU's total time and downtime,
   and the wall time of the call.
+* A migration of a machine with a 64 MiB disk (32 MiB of it random data the
+  guest wrote) between servers that share no storage (the disk mirrored over
+  NBD through SSH) beside the same migration with the disk on shared storage
+  (``shared_storage=True``, nothing copied).
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,15 +31,22 @@ DOWNTIME_MS = 100
 SSHD = Path("/usr/sbin/sshd")
 
 
-def _lab_text(ctx: Context, sim: Simulation, name: str, servers: tuple[str, str]) -> str:
+DISK_MIB = 64
+WRITTEN_MIB = 32
+
+
+def _lab_text(ctx: Context, sim: Simulation, name: str, servers: tuple[str, str],
+              disk: Path | None = None) -> str:
     g = ctx.guest
     vm_cmd = f"{sys.executable} -m vmanager.cli.main"
     boot = f'kernel = "{g.kernel}"\ninitrd = "{g.initrd}"\nappend = "{g.append()}"'
     body = [f'[lab]\nname = "{name}"\n', sim.servers_toml(vmanager=vm_cmd),
             f"[switches.sw{name[-4:]}]\n"]
     for i, server in enumerate(servers):
+        disks = (f'disks = [{{ path = "{disk}", size = "{DISK_MIB}M" }}]\n'
+                 if disk is not None and i == 0 else "")
         body.append(f"[machines.{name}{'ab'[i]}]\n{boot}\nmemory = 256\nserver = "
-                    f'"{server}"\nnics = [{{ switch = "sw{name[-4:]}" }}]\n')
+                    f'"{server}"\n{disks}nics = [{{ switch = "sw{name[-4:]}" }}]\n')
     return "\n".join(body)
 
 
@@ -48,6 +60,8 @@ def multihost(ctx: Context) -> list[Row]:
     up_split: list[float] = []
     up_one: list[float] = []
     cross: list[tuple[float, float, float]] = []
+    mirrored: list[tuple[float, float, float]] = []
+    shared_runs: list[tuple[float, float, float]] = []
     local: list[tuple[float, float, float]] = []
     state = tempfile.mkdtemp(prefix="bench-mh-state-", dir=ctx.work)
     old = os.environ.get("VMANAGER_STATE_DIR")
@@ -73,6 +87,8 @@ def multihost(ctx: Context) -> list[Row]:
                     finally:
                         multi.down(lab.name)
                 local.append(_local_once(ctx))
+                for shared, into_d in ((False, mirrored), (True, shared_runs)):
+                    into_d.append(_disk_once(ctx, sim, i, shared))
     finally:
         if old is None:
             os.environ.pop("VMANAGER_STATE_DIR", None)
@@ -89,7 +105,40 @@ def multihost(ctx: Context) -> list[Row]:
     wall = Row("lab.migrate wall time", "s", baseline_name="local migrate() wall",
                note="across: preparing the destination over SSH included")
     wall.pair([c[2] for c in cross], [c[2] for c in local])
-    return [up, total, down, wall]
+    disk_wall = Row(f"migrate with a {DISK_MIB} MiB disk, no shared storage: wall", "s",
+                    baseline_name="same, shared storage",
+                    note=f"{WRITTEN_MIB} MiB of the disk written by the guest; mirror over NBD "
+                    "through SSH, then RAM")
+    disk_wall.pair([c[2] for c in mirrored], [c[2] for c in shared_runs])
+    disk_down = Row("migrate with a disk: downtime (QEMU)", "ms",
+                    baseline_name="same, shared storage",
+                    note="includes finishing the mirrors while the guest is paused")
+    disk_down.pair([c[1] for c in mirrored], [c[1] for c in shared_runs])
+    return [up, total, down, wall, disk_wall, disk_down]
+
+
+def _disk_once(ctx: Context, sim: Simulation, i: int, shared: bool) -> tuple[float, float, float]:
+    """(total ms, downtime ms, wall s) of one migration of a machine with a disk."""
+    from vmanager.lab import load, multi
+    name = f"bmd{i}{'s' if shared else 'm'}{os.getpid() % 100:02d}"
+    where = ctx.work if shared else sim.storage  # sim.storage: each server's own
+    path = ctx.work / f"{name}.toml"
+    path.write_text(_lab_text(ctx, sim, name, ("s1", "s2"), disk=where / f"{name}.qcow2"))
+    lab = load(path)
+    try:
+        multi.up(lab, wait_ready=True)
+        subprocess.run([sys.executable, "-m", "vmanager.cli.main", "exec", f"{name}a", "--",
+                        f"dd if=/dev/urandom of=/dev/vda bs=1M count={WRITTEN_MIB} "
+                        "conv=fsync"], check=True, capture_output=True, timeout=300)
+        with timer() as t:
+            report = lab.migrate(f"{name}a", to="s2", downtime_ms=DOWNTIME_MS,
+                                 shared_storage=shared)
+        return float(report.total_ms), float(report.downtime_ms or 0), t()
+    finally:
+        multi.down(lab.name)
+        for s in sim.servers:
+            (s.storage / f"{name}.qcow2").unlink(missing_ok=True)
+        (ctx.work / f"{name}.qcow2").unlink(missing_ok=True)
 
 
 def _local_once(ctx: Context) -> tuple[float, float, float]:

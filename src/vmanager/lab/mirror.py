@@ -76,8 +76,11 @@ def plan(m: Any) -> list[dict[str, Any]]:
         node = str(ins.get("node-name", ""))
         image = ins.get("image") or {}
         if not _NODE.match(node):
-            raise ConfigError(f"{m.name}: writable block device {dev.get('qdev', node)!r} "
-                              "was not made by vmanager; it cannot be mirrored")
+            # not a disk of the definition (e.g. UEFI variables in a pflash, whose
+            # contents travel with the RAM): the destination makes its own
+            log.info("%s: block device %s (%s) is not mirrored", m.name,
+                     dev.get("device") or dev.get("qdev"), node)
+            continue
         out.append({"node": node, "path": str(ins.get("file", "")),
                     "format": str(image.get("format", ins.get("drv", ""))),
                     "size": int(image["virtual-size"])})
