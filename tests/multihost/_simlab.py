@@ -61,3 +61,42 @@ def remote_json(sim: Simulation, server: str, *args: str) -> Any:
 
 def server(sim: Simulation, name: str) -> SimServer:
     return next(x for x in sim.servers if x.name == name)
+
+
+def root_qdisc(sim: Simulation, server_name: str, machine: str, index: int
+               ) -> tuple[str, int] | None:
+    """(kind, rate in bit/s) of the root qdisc on NIC ``index``'s sink of ``machine``,
+    read from that server's kernel objects (its namespace, through its sshd's mounts)."""
+    from vmanager.net import VirtualNic, stable_mac
+    from vmanager.net._netlink import _wrap
+    from vmanager.net._nsthread import netlink_socket
+    s = server(sim, server_name)
+    assert s.process is not None
+    path = f"/proc/{s.process.pid}/root/run/netns/{machine}"
+    sink = VirtualNic(namespace=machine, mac=stable_mac(machine, index), create=False).sink
+    ipr = _wrap(netlink_socket(path))
+    try:
+        link = ipr.link_lookup(ifname=sink)[0]
+        for msg in ipr.get_qdiscs(index=link):
+            if msg["parent"] == 0xFFFFFFFF:
+                kind = str(msg.get_attr("TCA_KIND"))
+                rate = 0
+                if kind == "tbf":
+                    rate = int(msg.get_attr("TCA_OPTIONS").get_attr("TCA_TBF_PARMS")["rate"]) * 8
+                return kind, rate
+        return None
+    finally:
+        ipr.close()
+
+
+def pcap_frames(path: Path) -> int:
+    """How many frames a pcap file holds (its records, walked by their headers)."""
+    data = path.read_bytes()
+    assert data[:4] in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4"), data[:4]
+    order = "little" if data[:4] == b"\xd4\xc3\xb2\xa1" else "big"
+    at, frames = 24, 0
+    while at + 16 <= len(data):
+        caplen = int.from_bytes(data[at + 8:at + 12], order)
+        at += 16 + caplen
+        frames += 1
+    return frames

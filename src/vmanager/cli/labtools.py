@@ -27,10 +27,10 @@ def _sigterm_interrupts() -> Iterator[None]:
 
 
 def cmd_impair(args: argparse.Namespace) -> int:
-    from vmanager import lab as labs
+    from vmanager.cli.remote import read_lab
     from vmanager.lab import tools
     from vmanager.net import impair
-    lab = labs.load(args.file)
+    lab = read_lab(args.file, args.server, args.place)
     values = {k: getattr(args, k) for k in ("delay", "jitter", "loss", "rate", "corrupt",
                                             "duplicate", "reorder")}
     given = {k: v for k, v in values.items() if v is not None}
@@ -52,9 +52,9 @@ def cmd_impair(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from vmanager import lab as labs
+    from vmanager.cli.remote import read_lab
     from vmanager.lab import tools
-    lab = labs.load(args.file)
+    lab = read_lab(args.file, args.server, args.place)
     to_stdout = args.write == "-"
     out: Any = sys.stdout.buffer if to_stdout else args.write
     if to_stdout:
@@ -153,6 +153,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--clear", action="store_true", help="remove the impairment")
     p.add_argument("--show", action="store_true", help="print the impairment (default "
                    "without values)")
+    impair_p = p
     p = add("capture", cmd_capture, "capture frames on a lab NIC or port into a pcap file "
             "(tcpdump)")
     p.add_argument("target", metavar="MACHINE:INDEX|ROUTER|HOST|SWITCH")
@@ -162,6 +163,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
     p.add_argument("-f", "--filter", metavar="EXPR",
                    help="a tcpdump filter expression, e.g. 'icmp or arp'")
+    for tool in (impair_p, p):  # the part a server runs when the target is there
+        tool.add_argument("--server", metavar="NAME", help=argparse.SUPPRESS)
+        tool.add_argument("--place", action="append", default=[], metavar="MACHINE=SERVER",
+                          help=argparse.SUPPRESS)
     p = add("checkpoint", cmd_checkpoint, "save every machine of a lab at one moment "
             "(paused together), or --delete a checkpoint")
     p.add_argument("name")

@@ -10,6 +10,7 @@ its exit status is the command's. ``screenshot`` brings the image back here.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from vmanager.errors import ConfigError, HostError
 #: machine commands that run wherever the machine is
 FORWARDED = {"exec", "console", "screenshot", "monitor", "send-key", "type", "stop", "kill",
              "start", "snapshot", "freeze"}
+#: lab tools that run on the server of the object they target
+LAB_TOOLS = {"impair", "capture"}
 
 
 def read_lab(file: str, server: str | None, place: list[str] | None = None) -> Any:
@@ -52,6 +55,8 @@ def _is_local(name: str) -> bool:
 def forward(argv: Sequence[str], args: argparse.Namespace) -> int | None:
     """Run a machine command on the machine's server; ``None`` when it is local."""
     command = getattr(args, "command", None)
+    if command in LAB_TOOLS:
+        return _forward_lab_tool(argv, args)
     name = getattr(args, "name", None)
     if command not in FORWARDED or not isinstance(name, str) or _is_local(name):
         return None
@@ -73,6 +78,59 @@ def forward(argv: Sequence[str], args: argparse.Namespace) -> int | None:
         from vmanager.lab.remote import ServerUnreachable
         raise ServerUnreachable(f"server {server.name!r} ({server.destination}) cannot be "
                                 f"reached to run {command} on {name}", server=server.name)
+    return proc.returncode
+
+
+def _forward_lab_tool(argv: Sequence[str], args: argparse.Namespace) -> int | None:
+    """``impair``/``capture`` of an object on a lab's server: run there, the lab file
+    on stdin (``-``), with ``--server`` and where migrated machines are now."""
+    if getattr(args, "server", None) is not None or args.file == "-":
+        return None  # the server's own side, or a lab read from stdin: here
+    from vmanager import lab as labs
+    from vmanager.lab import multi
+    from vmanager.lab.remote import Remote, ssh_argv
+    lab = labs.load(args.file)
+    name, colon, _ = args.target.partition(":")
+    placed = multi.placement(lab)
+    where = placed.get(name) if colon else None
+    if not colon:
+        where = next((r.server for r in lab.routers if r.name == args.target),
+                     next((h.server for h in lab.hosts if h.name == args.target), None))
+    server = next((s for s in lab.servers if s.name == where), None)
+    if server is None:
+        return None
+    Remote(server).check_version()
+    out = list(argv)
+    at = out.index(args.command)
+    out[out.index(args.file, at + 1)] = "-"
+    _, place = multi.effective(lab)
+    out += ["--server", server.name, *place]
+    sink: Any = None
+    if args.command == "capture" and args.write != "-":
+        out[len(out) - 1 - out[::-1].index(args.write)] = "-"  # the pcap comes back here
+        fd = os.open(args.write, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        sink = os.fdopen(fd, "wb")
+    try:
+        proc = subprocess.Popen(ssh_argv(server, out), stdin=subprocess.PIPE, stdout=sink)
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write(lab.source.encode())
+            proc.stdin.close()
+        try:
+            proc.wait()
+        except KeyboardInterrupt:  # the remote capture stops on SIGHUP as on Ctrl-C
+            proc.terminate()
+            proc.wait()
+    except FileNotFoundError as exc:
+        raise HostError("cannot reach servers: OpenSSH's client (ssh) is not installed") from exc
+    finally:
+        if sink is not None:
+            sink.close()
+    if proc.returncode == 255:
+        from vmanager.lab.remote import ServerUnreachable
+        raise ServerUnreachable(f"server {server.name!r} ({server.destination}) cannot be "
+                                f"reached to run {args.command} on {args.target}",
+                                server=server.name)
     return proc.returncode
 
 

@@ -133,7 +133,8 @@ def create_disks(name: str, definition: Mapping[str, Any], disks: Any,
                  made: list[Path]) -> None:
     """Make the new, empty images the source's disks are mirrored into.
 
-    Each path made is appended to ``made`` at once, for the caller to remove
+    Each path made (or about to be made by the machine's start: an image
+    guest's overlay) is appended to ``made`` at once, for the caller to remove
     on failure. Raises :class:`StorageError` naming the disk when its file
     exists already (shared storage, or not ours) or cannot be made.
     """
@@ -150,6 +151,7 @@ def create_disks(name: str, definition: Mapping[str, Any], disks: Any,
                                "already; if both servers share that storage, migrate with "
                                "--shared-storage, otherwise move that file away")
         if not ours:  # an image guest's overlay: the machine's start makes it
+            made.append(target)  # not there before: removed again on failure
             continue
         if not target.parent.is_dir():
             raise StorageError(f"disk {d['node']} of {name!r}: cannot create {path}: "
