@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
-from _simlab import remote_json, two_server_lab
+from _simlab import VMANAGER, pcap_frames, remote_json, root_qdisc, two_server_lab
 
 from vmanager.guests import TinyGuest
 from vmanager.multihost import Simulation
 from vmcli import ok, vm
 
 pytestmark = [pytest.mark.guest, pytest.mark.net]
+
+VM = VMANAGER.split()
 
 if os.geteuid() != 0:
     pytest.skip("simulated servers need root (namespaces, sshd)", allow_module_level=True)
@@ -48,6 +51,31 @@ def test_guests_on_two_servers_ping_across_and_down_leaves_nothing(
         assert " 0% packet loss" in out
         # the full 1500-byte inner MTU crosses (the underlay has 1550)
         ok("exec", n["b"], "--", "ping -c 1 -W 3 -s 1472 10.77.0.1")
+        # impairments and captures of a machine's NIC are made on its server: a's rate
+        # limit is a qdisc in a's namespace on s1; b's frames are captured on s2
+        target = f"{n['a']}:0"
+        ok("impair", str(lab), target, "--rate", "2mbit")
+        assert root_qdisc(sim, "s1", n["a"], 0) == ("tbf", 2_000_000)
+        shown = json.loads(ok("--json", "impair", str(lab), target, "--show"))
+        assert shown["rate_bit"] == 2_000_000, shown
+        pcap = tmp_path / "b.pcap"
+        capture = subprocess.Popen([*VM, "capture", str(lab), f"{n['b']}:0", "-w", str(pcap),
+                                    "-c", "4", "-f", "icmp"], stderr=subprocess.PIPE,
+                                   text=True)
+        try:
+            for _ in range(40):
+                if capture.poll() is not None:
+                    break
+                vm("exec", n["a"], "--", "ping -c 1 -W 1 10.77.0.2")
+            _, err = capture.communicate(timeout=30)
+        finally:
+            if capture.poll() is None:
+                capture.kill()
+                capture.wait()
+        assert capture.returncode == 0, err
+        assert pcap_frames(pcap) >= 4 and pcap.stat().st_mode & 0o777 == 0o600
+        ok("impair", str(lab), target, "--clear")
+        assert root_qdisc(sim, "s1", n["a"], 0) != ("tbf", 2_000_000)
         # the serial console too, read on the machine's server
         from vmanager.guests import READY_LINE
         assert READY_LINE in ok("console", n["b"], "--dump")
