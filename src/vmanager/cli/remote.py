@@ -254,7 +254,13 @@ def cmd_migrate_relay(args: argparse.Namespace) -> int:
     from vmanager.lab.mirror import relay
     from vmanager.state.persist import run_dir_of
     out = os.dup(sys.stdout.fileno())
-    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # the stream is the relay's alone
+    # The stream is the relay's alone, and sshd sends the end of it only once the
+    # session's stderr is closed too: nothing else is printed (the exit status says
+    # whether the relay worked; the orchestrator discards its messages anyway).
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, sys.stdout.fileno())
+    os.dup2(null, sys.stderr.fileno())
+    os.close(null)
     relay(run_dir_of(args.machine), args.listen or args.connect, listen=bool(args.listen),
           stdin=sys.stdin.fileno(), stdout=out, timeout=args.timeout)
     return 0
