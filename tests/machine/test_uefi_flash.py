@@ -8,12 +8,13 @@ image booting under UEFI is tests/realos/test_uefi_debian.py.
 from __future__ import annotations
 
 import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from vmanager import Machine, State
-from vmanager.errors import HostError
+from vmanager.errors import ConfigError, HostError
 from vmanager.qemu import firmware
 from vmtest_util import unique_name
 
@@ -76,3 +77,29 @@ def test_missing_ovmf_is_named_and_the_start_leaves_nothing(
     assert "apt-get install ovmf" in str(info.value)
     assert m.state is State.DEFINED and m.pid is None
     assert not nvram.exists() and not m.run_dir.exists()
+
+
+@needs_ovmf
+def test_a_uefi_machine_migrates_with_its_variables_to_a_uefi_machine_only() -> None:
+    assert OVMF is not None
+    src = Machine(unique_name("efi"), firmware="uefi")
+    bios = Machine(unique_name("efi"))
+    dst = Machine(unique_name("efi"), firmware="uefi")
+    try:
+        src.start_vm()
+        src.console.wait_for("BdsDxe", timeout=180)     # OVMF has written its variables
+        with pytest.raises(ConfigError, match="firmware differs"):
+            src.migrate(bios)
+        assert src.status() == "running" and not bios.is_alive()
+        src.migrate(dst)
+        assert dst.status() == "running" and not src.is_alive()
+        # the flash contents travelled with the RAM and were written to dst's own store
+        store = dst.flash.vars
+        assert store is not None and store.parent == dst.run_dir
+        deadline = time.monotonic() + 30
+        while store.read_bytes() == OVMF.vars_template.read_bytes():
+            assert time.monotonic() < deadline, "the migrated variables never reached the store"
+            time.sleep(0.2)
+    finally:
+        for m in (src, bios, dst):
+            m.kill()

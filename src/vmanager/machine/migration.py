@@ -321,6 +321,19 @@ def _device_map(m: Migratable) -> dict[str, str]:
     return found
 
 
+def _flash_drives(m: Migratable) -> int:
+    """How many of the machine's flash chips (UEFI code, variables) have a drive."""
+    count = 0
+    for chip in ("system.flash0", "system.flash1"):
+        try:  # a machine that boots SeaBIOS has no flash device at all
+            drive = m.migration.vm.qmp("qom-get", {"path": f"/machine/{chip}",
+                                                   "property": "drive"})
+        except QemuError:
+            continue
+        count += bool(drive)
+    return count
+
+
 def _memory_map(m: Migratable) -> dict[str, Any]:
     summary = m.migration.vm.qmp("query-memory-size-summary")
     return {"base-memory": summary.get("base-memory"),
@@ -340,6 +353,10 @@ def _check_same_devices(src: Migratable, dst: Migratable) -> None:
         problems.append(f"{dst.name} has extra {', '.join(extra)}")
     if differ:
         problems.append(f"devices differ: {', '.join(differ)}")
+    fa, fb = _flash_drives(src), _flash_drives(dst)
+    if fa != fb:  # the flash chips' RAM would be missing at one end
+        problems.append(f"firmware differs: {src.name} has {fa or 'no'} flash drives, "
+                        f"{dst.name} {fb or 'none'} (give both the same firmware=)")
     ma, mb = _memory_map(src), _memory_map(dst)
     if ma != mb:
         problems.append(f"memory differs: {src.name} {ma} vs {dst.name} {mb}")
