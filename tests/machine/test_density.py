@@ -90,3 +90,11 @@ def test_microvm_refuses_a_cd_drive_by_name_and_leaves_nothing(tiny: Any,
     with pytest.raises(ConfigError, match=r"microvm .*'ide-cd'"):
         m.start_vm()
     assert not m.is_alive() and not m.run_dir.exists()
+
+
+def test_a_recorded_tiny_machine_keeps_its_own_buffer_and_machine_type(tiny: Any) -> None:
+    from vmanager.state.persist import machine_kwargs
+    assert machine_kwargs("t1", {"guest": "tiny"})["tcg_tb_size"] == 16
+    assert machine_kwargs("t1", {"guest": "tiny", "tcg_tb_size": 64})["tcg_tb_size"] == 64
+    kw = machine_kwargs("t1", {"guest": "tiny", "machine_type": "microvm"})
+    assert kw["machine_type"] == "microvm" and "tsc_early_khz=" in kw["append"]

@@ -58,7 +58,10 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
     if not for_attach:
         if definition.get("guest") == "tiny":
             from vmanager.guests import tiny_guest
-            kw.update(tiny_guest().machine_args(name))
+            # the definition's own tcg_tb_size (and machine_type) win over the guest's
+            for key, value in tiny_guest().machine_args(
+                    name, machine_type=kw.get("machine_type", "pc")).items():
+                kw.setdefault(key, value)
         for key in ("kernel", "initrd", "append", "cpu_model"):
             if definition.get(key) is not None:
                 kw[key] = definition[key]
