@@ -60,7 +60,7 @@ def test_tiny_guest_boots_on_microvm_with_virtio_mmio_devices(tiny: Any) -> None
     from vmtest_util import unique_name
     assert isinstance(tiny, TinyGuest)
     name = unique_name("mv")
-    m = Machine(name, **tiny.machine_args(name, machine_type="microvm"), memory=192)
+    m = Machine(name, **tiny.machine_args(name, machine_type="microvm"), memory=192, nics=1)
     try:
         m.start_vm()
         assert m.argv[m.argv.index("-machine") + 1].startswith("microvm")
@@ -72,6 +72,9 @@ def test_tiny_guest_boots_on_microvm_with_virtio_mmio_devices(tiny: Any) -> None
         paths = m.succeed("for d in /sys/bus/virtio/devices/*; do readlink -f $d; done").split()
         assert len(paths) >= 3 and all("LNRO0005" in p for p in paths), paths
         assert "vmanager.shell" in m.succeed("cat /sys/class/virtio-ports/*/name")
+        # the NIC is a virtio-net-device with the MAC vmanager gave it
+        assert "LNRO0005" in m.succeed("readlink -f /sys/class/net/eth0/device")
+        assert m.succeed("cat /sys/class/net/eth0/address").strip() == m.nics[0].mac
         assert m.execute("cat /proc/cmdline").stdout.split()[-1].startswith("tsc_early_khz=")
     finally:
         m.kill()
