@@ -13,6 +13,9 @@ Each row is measured beside the same work done by hand:
 * **power-off**: ``Machine.shutdown()`` right after that boot (which has the guest
   agent run ``systemctl poweroff``, as the ACPI button is not handled before
   systemd-logind runs) vs the same ``guest-exec`` sent on the agent socket by hand.
+* **UEFI boot** (``realos-uefi``): the same two rows with ``firmware="uefi"`` (OVMF);
+  the hand-run argv gets a fresh copy of OVMF's variable template per sample, as
+  vmanager does.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -78,10 +82,25 @@ def _fresh_overlay(path: Path, base: Path) -> Harddrive:
 
 def boot_and_poweroff(ctx: Context) -> list[Row]:
     """Boot the Debian image to the agent answering, then ACPI power-off; both by hand too."""
+    return _boot_and_poweroff(ctx, "bios")
+
+
+def uefi_boot_and_poweroff(ctx: Context) -> list[Row]:
+    """The same under UEFI (OVMF)."""
+    from vmanager.errors import HostError
+    from vmanager.qemu.firmware import find_uefi
+    try:
+        find_uefi()
+    except HostError as exc:
+        raise Skip(str(exc)) from exc
+    return _boot_and_poweroff(ctx, "uefi")
+
+
+def _boot_and_poweroff(ctx: Context, firmware: str) -> list[Row]:
     if os.geteuid() != 0:
         raise Skip("building the Debian image needs root")
     base = images.build("debian-12").path
-    work = ctx.work / "realos"
+    work = ctx.work / f"realos-{firmware}"
     work.mkdir(exist_ok=True)
     seed = CloudInit(hostname="bench", users=["bench"], password="bench").seed(
         output=work / "seed.iso")
@@ -92,18 +111,22 @@ def boot_and_poweroff(ctx: Context) -> list[Row]:
     off_vm: list[float] = []
     off_raw: list[float] = []
     probe = Machine("bench-deb", memory=1024, harddrives=_fresh_overlay(disk_path, base),
-                    cd=CD(seed.path), accel=ctx.accel)  # type: ignore[arg-type]
+                    cd=CD(seed.path), accel=ctx.accel, firmware=firmware)  # type: ignore[arg-type]
     try:
         probe.start_vm()
         argv = list(probe.argv)
+        store = probe.flash.vars
     finally:
         probe.kill()
+    raw_vars = work / "raw-vars.fd"
+    if store is not None:  # the raw run's own variable store, fresh per sample
+        argv = [a.replace(json.dumps(str(store)), json.dumps(str(raw_vars))) for a in argv]
     for i in range(n):
         for which in ((0, 1) if i % 2 == 0 else (1, 0)):
             disk = _fresh_overlay(disk_path, base)
             if which == 0:
                 m = Machine("bench-deb", memory=1024, harddrives=disk, cd=CD(seed.path),
-                            accel=ctx.accel)  # type: ignore[arg-type]
+                            accel=ctx.accel, firmware=firmware)  # type: ignore[arg-type]
                 try:
                     with timer() as t:
                         m.start_vm()
@@ -115,6 +138,9 @@ def boot_and_poweroff(ctx: Context) -> list[Row]:
                 boot_vm.append(t())
                 off_vm.append(t2())
                 continue
+            if store is not None:
+                from vmanager.qemu.firmware import find_uefi
+                shutil.copyfile(find_uefi().vars_template, raw_vars)
             with RawQemu(argv, work / "raw") as q:
                 with timer() as t:
                     q.launch()
@@ -128,13 +154,17 @@ def boot_and_poweroff(ctx: Context) -> list[Row]:
                                     }).encode() + b"\n")
                     q.proc.wait(120)
                 off_raw.append(t2())
-    boot = Row("Debian 12 boot until the guest agent answers (first boot, cloud-init seed)",
-               "s", baseline_name="same argv, agent socket polled by hand")
+    under = " under UEFI (OVMF)" if firmware == "uefi" else ""
+    boot = Row(f"Debian 12 boot{under} until the guest agent answers (first boot, cloud-init "
+               "seed)", "s", baseline_name="same argv, agent socket polled by hand")
     boot.pair(boot_vm, boot_raw)
     boot.note = (f"TCG, 1 vCPU, 1 GiB; {'KVM' if ctx.accel == 'kvm' else 'no KVM'}; the image "
-                 "boots from its own disk (GRUB under SeaBIOS)")
-    off = Row("Debian 12 power-off right after boot (shutdown(): systemctl poweroff via the agent)",
-              "s", baseline_name="the same guest-exec on the agent socket + wait", goal="seconds")
+                 "boots from its own disk ("
+                 + ("BOOTX64.EFI from its ESP under OVMF" if firmware == "uefi" else
+                    "GRUB under SeaBIOS") + ")")
+    off = Row(f"Debian 12 power-off{under} right after boot (shutdown(): systemctl poweroff via "
+              "the agent)", "s", baseline_name="the same guest-exec on the agent socket + wait",
+              goal="seconds")
     off.pair(off_vm, off_raw)
     assert off.value is not None
     off.met = off.value.max < 30

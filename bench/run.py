@@ -66,6 +66,8 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         "console": ("console throughput", console.console_throughput),
         "multihost": ("labs across servers", multihost.multihost),
         "realos": ("Debian 12: boot to agent, ACPI power-off", realos.boot_and_poweroff),
+        "realos-uefi": ("Debian 12 under UEFI: boot to agent, power-off",
+                        realos.uefi_boot_and_poweroff),
         "realos-build": ("Debian 12 image build", realos.build),
     }
 
