@@ -40,7 +40,9 @@ def _lab_text(ctx: Context, sim: Simulation, name: str, servers: tuple[str, str]
     g = ctx.guest
     vm_cmd = f"{sys.executable} -m vmanager.cli.main"
     boot = f'kernel = "{g.kernel}"\ninitrd = "{g.initrd}"\nappend = "{g.append()}"'
-    body = [f'[lab]\nname = "{name}"\n', sim.servers_toml(vmanager=vm_cmd),
+    # allow_paths: the guest's kernel and the disks live outside the lab file's directory
+    body = [f'[lab]\nname = "{name}"\nallow_paths = ["/"]\n',
+            sim.servers_toml(vmanager=vm_cmd),
             f"[switches.sw{name[-4:]}]\n"]
     for i, server in enumerate(servers):
         disks = (f'disks = [{{ path = "{disk}", size = "{DISK_MIB}M" }}]\n'
