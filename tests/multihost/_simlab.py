@@ -15,7 +15,8 @@ VMANAGER = f"{sys.executable} -m vmanager.cli.main"
 
 
 def two_server_lab(sim: Simulation, tmp_path: Path, *, extra: str = "",
-                   disk_a: Path | None = None) -> tuple[Path, dict[str, str]]:
+                   disk_a: Path | None = None, disk_size: str = "32M"
+                   ) -> tuple[Path, dict[str, str]]:
     # The tiny guest this host built, by path: the servers (namespaces without a
     # route out) could not fetch Debian packages to build one themselves.
     from vmanager.guests import tiny_guest
@@ -36,7 +37,7 @@ allow_paths = ["/"]  # the tiny guest's kernel and disks live outside this direc
 {boot}
 memory = 256
 server = "s1"
-{f'disks = [{{ path = "{disk_a}", size = "32M" }}]' if disk_a else ""}
+{f'disks = [{{ path = "{disk_a}", size = "{disk_size}" }}]' if disk_a else ""}
 nics = [{{ switch = "{n['sw']}" }}]
 
 [machines.{n['b']}]

@@ -13,10 +13,11 @@ import json
 import os
 import re
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from _simlab import remote_json, server, two_server_lab
+from _simlab import VMANAGER, remote_json, server, two_server_lab
 
 from vmanager.multihost import Simulation
 from vmcli import ok, vm
@@ -179,4 +180,78 @@ def test_a_destination_that_cannot_take_the_disk_leaves_nothing_and_the_guest_ru
         for p in sorted((s.storage / sub).glob("*")):
             p.unlink()
         (s.storage / sub).rmdir()
+    assert sim.leftovers() == {}
+
+
+def _qemu_of(run_dir: Path) -> int | None:
+    """The QEMU whose argv names ``run_dir`` (a machine's run directory on one server)."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"qemu-system" in argv[0] and any(str(run_dir).encode() in a for a in argv):
+            return int(entry)
+    return None
+
+
+def test_a_destination_that_dies_during_the_disk_copy_leaves_the_guest_on_its_own_disk(
+        sim: Simulation, tmp_path: Path) -> None:
+    s1, s2 = server(sim, "s1"), server(sim, "s2")
+    image = f"k{unique_name('')}.qcow2"
+    lab, n = two_server_lab(sim, tmp_path, disk_a=sim.storage / image, disk_size="320M")
+    a = n["a"]
+    try:
+        ok("up", str(lab), "--wait-ready")
+        # enough data that the copy takes a while: the destination dies in the middle
+        guest(a, "dd if=/dev/urandom of=/dev/vda bs=1M count=256 conv=fsync 2>/dev/null; "
+                 "dd if=/dev/vda bs=1M count=256 2>/dev/null | md5sum > /tmp/sum")
+        checksum = guest(a, "cat /tmp/sum").split()[0]
+        migrate = subprocess.Popen([*VMANAGER.split(), "migrate", str(lab), a, "--to", "s2"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        killed = None
+        target = s2.storage / image
+        try:
+            for _ in range(1200):
+                pid = _qemu_of(s2.run_dir / "machines" / a)
+                if pid is not None and target.exists() and target.stat().st_size > 16 * MIB:
+                    os.kill(pid, 9)  # the destination's QEMU, mid-copy
+                    killed = pid
+                    break
+                if migrate.poll() is not None:
+                    break
+                time.sleep(0.05)
+            _, err = migrate.communicate(timeout=300)
+        finally:
+            if migrate.poll() is None:
+                migrate.kill()
+                migrate.wait()
+        assert killed is not None, f"the copy ended before it could be interrupted: {err}"
+        assert migrate.returncode != 0
+        assert "destination server 's2'" in err and "keeps running on its source" in err
+        assert f"mirroring disk {sim.storage / image} (disk0)" in err, err  # the source's word
+        print(f"\ninterrupted copy: {err.strip()[-600:]}")
+        # the guest runs on s1 on its own, unchanged disk; nothing of it is left on s2
+        assert guest(a, "sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M "
+                        "count=256 2>/dev/null | md5sum").split()[0] == checksum
+        assert [m["name"] for m in remote_json(sim, "s1", "list")] == [a]
+        assert [m["name"] for m in remote_json(sim, "s2", "list")] == [n["b"]]
+        assert not target.exists() and (s1.storage / image).is_file()
+        assert _qemu_of(s2.run_dir / "machines" / a) is None
+        assert not (s2.run_dir / "machines" / a).exists()
+        assert not any(a in p for p in sim.leftovers().get("s2", []))
+        assert not list((s1.run_dir / "machines" / a).glob("nbd-*"))  # no relay socket left
+        # nothing stands in the way of the next attempt
+        report = json.loads(ok("--json", "migrate", str(lab), a, "--to", "s2"))
+        assert report["to"] == "s2" and target.is_file()
+        assert guest(a, "sync; echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M "
+                        "count=256 2>/dev/null | md5sum").split()[0] == checksum
+    finally:
+        down = vm("--json", "down", str(lab))
+    assert down.returncode == 0, down.stderr
+    for s in (s1, s2):
+        assert remote_json(sim, s.name, "list") == []
+        (s.storage / image).unlink(missing_ok=True)
     assert sim.leftovers() == {}

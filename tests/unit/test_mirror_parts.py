@@ -155,3 +155,12 @@ def test_read_only_media_must_be_on_the_destination(tmp_path: Path) -> None:
         mirror.check_media({"cd": str(iso)})
     iso.write_bytes(b"")
     mirror.check_media({"cd": str(iso), "kernel": None})
+
+
+def test_a_remote_error_is_told_once_in_its_own_words() -> None:
+    from vmanager.lab.migrate import _error_of
+    printed = (b'{"mirror": "disk0", "done": 0, "total": 1}\n'
+               b'{\n  "error": "a: mirroring disk /d.qcow2 (disk0) failed: EIO",\n'
+               b'  "exit_code": 1,\n  "type": "QemuError"\n}\n')
+    assert _error_of(printed) == "a: mirroring disk /d.qcow2 (disk0) failed: EIO"
+    assert _error_of(b"ssh: connect to host: refused") == "ssh: connect to host: refused"

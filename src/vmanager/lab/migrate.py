@@ -250,15 +250,25 @@ def _failed(dst: Remote, recv: subprocess.Popen[bytes], what: str, err: bytes = 
     if recv.poll() is None:
         recv.kill()
     _, rest = recv.communicate()
-    text = (err + rest).decode(errors="replace").strip()
-    message = text
-    for line in reversed(text.splitlines()):
-        try:
-            message = str(json.loads(line).get("error", line))
-            break
-        except (ValueError, AttributeError):
-            continue
-    extra = source_said.decode(errors="replace").strip()[-800:]
+    message = _error_of(err + rest)
+    extra = _error_of(source_said) if source_said.strip() else ""
     return HostError(f"destination server {dst.server.name!r} {what}: {message[-1500:]}"
-                     + (f"\nsource said: {extra}" if extra else "")
+                     + (f"\nsource said: {extra[-800:]}" if extra else "")
                      + "\nthe machine keeps running on its source")
+
+
+def _error_of(output: bytes) -> str:
+    """The last ``error`` of the JSON objects a remote vmanager printed (its
+    ``--json`` errors span several lines), else the output's tail."""
+    text = output.decode(errors="replace").strip()
+    decoder = json.JSONDecoder()
+    found, at = None, 0
+    while (start := text.find("{", at)) != -1:
+        try:
+            data, at = decoder.raw_decode(text, start)
+        except ValueError:
+            at = start + 1
+            continue
+        if isinstance(data, dict) and "error" in data:
+            found = str(data["error"])
+    return found if found is not None else text[-1500:]
