@@ -270,7 +270,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     """Register ``migrate`` and the two commands a migration runs on servers."""
     p = sub.add_parser("migrate", parents=[common], help="move a lab machine to another "
                        "server, live", description="move a running lab machine to another "
-                       "server of its lab, live (RAM and devices over SSH; the MAC and "
+                       "server of its lab, live (RAM and devices over SSH, disks mirrored "
+                       "there over NBD inside SSH unless --shared-storage; the MAC and "
                        "addresses stay)")
     p.set_defaults(func=cmd_migrate)
     p.add_argument("file", help="the lab's TOML file")
