@@ -15,8 +15,10 @@ VMANAGER = f"{sys.executable} -m vmanager.cli.main"
 
 
 def two_server_lab(sim: Simulation, tmp_path: Path, *, extra: str = "",
-                   disk_a: Path | None = None, disk_size: str = "32M"
-                   ) -> tuple[Path, dict[str, str]]:
+                   disk_a: Path | None = None, disk_size: str = "32M",
+                   disks_a: str | None = None) -> tuple[Path, dict[str, str]]:
+    """A lab of machine a on s1 and b on s2 on one switch; a's disks: ``disk_a`` of
+    ``disk_size``, or ``disks_a`` (the entries of a TOML ``disks`` list)."""
     # The tiny guest this host built, by path: the servers (namespaces without a
     # route out) could not fetch Debian packages to build one themselves.
     from vmanager.guests import tiny_guest
@@ -38,6 +40,7 @@ allow_paths = ["/"]  # the tiny guest's kernel and disks live outside this direc
 memory = 256
 server = "s1"
 {f'disks = [{{ path = "{disk_a}", size = "{disk_size}" }}]' if disk_a else ""}
+{f"disks = [{disks_a}]" if disks_a else ""}
 nics = [{{ switch = "{n['sw']}" }}]
 
 [machines.{n['b']}]

@@ -41,10 +41,10 @@ def guest(machine: str, command: str) -> str:
     return ok("exec", machine, "--", command).strip()
 
 
-def disk_read(machine: str, skip: int, count: int = 1) -> str:
+def disk_read(machine: str, skip: int, count: int = 1, dev: str = "vda") -> str:
     """Sectors as the guest reads them from the disk itself (its cache dropped)."""
     return guest(machine, f"sync; echo 3 > /proc/sys/vm/drop_caches; "
-                          f"dd if=/dev/vda bs=512 skip={skip} count={count} 2>/dev/null")
+                          f"dd if=/dev/{dev} bs=512 skip={skip} count={count} 2>/dev/null")
 
 
 def raw_sectors(image: Path, tmp: Path, *sectors: int) -> list[bytes]:
@@ -137,23 +137,28 @@ def test_a_disk_moves_with_the_guest_to_a_server_without_shared_storage(
     assert sim.leftovers() == {}
 
 
-def test_a_destination_that_cannot_take_the_disk_leaves_nothing_and_the_guest_runs_on(
+def test_a_destination_that_cannot_take_a_disk_leaves_nothing_then_two_disks_move(
         sim: Simulation, tmp_path: Path) -> None:
     s1, s2 = server(sim, "s1"), server(sim, "s2")
     sub = f"sub{unique_name('')}"
     (s1.storage / sub).mkdir()
-    disk = sim.storage / sub / "a.qcow2"
-    lab, n = two_server_lab(sim, tmp_path, disk_a=disk)
+    # disk0 (raw) can always be made on s2; disk1 (qcow2) only once its directory exists
+    first, second = sim.storage / f"{sub}-0.img", sim.storage / sub / "a.qcow2"
+    lab, n = two_server_lab(sim, tmp_path, disks_a=(
+        f'{{ path = "{first}", size = "8M", format = "raw" }}, '
+        f'{{ path = "{second}", size = "16M" }}'))
     a = n["a"]
     try:
         ok("up", str(lab), "--wait-ready")
-        guest(a, "echo still-here | dd of=/dev/vda bs=512 conv=fsync 2>/dev/null")
-        # 1. s2 has no such directory: it cannot create the disk
+        guest(a, "echo still-here | dd of=/dev/vda bs=512 conv=fsync 2>/dev/null; "
+                 "echo second-disk | dd of=/dev/vdb bs=512 conv=fsync 2>/dev/null")
+        # 1. s2 has no such directory: it cannot create disk1, and removes disk0 again
         r = vm("migrate", str(lab), a, "--to", "s2")
         assert r.returncode != 0
-        assert "destination server 's2'" in r.stderr and "disk0" in r.stderr
+        assert "destination server 's2'" in r.stderr and "disk1" in r.stderr
         assert f"directory {sim.storage / sub} does not exist" in r.stderr
         assert "keeps running on its source" in r.stderr
+        assert not (s2.storage / first.name).exists()
         # 2. a file is there already (shared storage not declared, or somebody's):
         #    refused, and the file is left exactly as it was
         (s2.storage / sub).mkdir()
@@ -163,7 +168,8 @@ def test_a_destination_that_cannot_take_the_disk_leaves_nothing_and_the_guest_ru
         assert r.returncode != 0
         assert "exists on this server already" in r.stderr and "--shared-storage" in r.stderr
         assert foreign.read_bytes() == b"not vmanager's"
-        # the guest runs on s1, on its own disk; nothing of it reached s2
+        assert not (s2.storage / first.name).exists()
+        # the guest runs on s1, on its own disks; nothing of it reached s2
         assert disk_read(a, 0).startswith("still-here")
         assert [m["name"] for m in remote_json(sim, "s1", "list")] == [a]
         assert [m["name"] for m in remote_json(sim, "s2", "list")] == [n["b"]]
@@ -172,6 +178,16 @@ def test_a_destination_that_cannot_take_the_disk_leaves_nothing_and_the_guest_ru
         assert not any(a in p for p in sim.leftovers().get("s2", []))  # b's QEMU only
         info = json.loads(ok("--json", "inspect", str(lab)))
         assert {m["name"]: m["server"] for m in info["machines"]}[a] == "s1"
+        # 3. with the way clear, both disks (raw and qcow2) move
+        foreign.unlink()
+        report = json.loads(ok("--json", "migrate", str(lab), a, "--to", "s2"))
+        assert [(d["node"], d["size"]) for d in report["disks"]] == [("disk0", 8 * MIB),
+                                                                    ("disk1", 16 * MIB)]
+        assert disk_read(a, 0).startswith("still-here")
+        assert disk_read(a, 0, dev="vdb").startswith("second-disk")
+        assert (s2.storage / first.name).is_file() and (s2.storage / sub / "a.qcow2").is_file()
+        assert not (s1.storage / first.name).exists()
+        assert not (s1.storage / sub / "a.qcow2").exists()
     finally:
         down = vm("--json", "down", str(lab))
     assert down.returncode == 0, down.stderr
@@ -180,6 +196,7 @@ def test_a_destination_that_cannot_take_the_disk_leaves_nothing_and_the_guest_ru
         for p in sorted((s.storage / sub).glob("*")):
             p.unlink()
         (s.storage / sub).rmdir()
+        (s.storage / first.name).unlink(missing_ok=True)
     assert sim.leftovers() == {}
 
 
