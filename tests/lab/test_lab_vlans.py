@@ -48,6 +48,12 @@ nics = [{{ switch = "{sw}", vlan = 20 }}]
 """
 
 
+def switch_tables() -> str:
+    """The nftables bridge tables (a VLAN-aware switch's, on this kernel)."""
+    from vmanager.net.host import sys_command
+    return sys_command(["nft", "list", "tables", "bridge"], timeout=30).stdout
+
+
 def names() -> dict[str, str]:
     t = secrets.token_hex(2)
     return {"lab": f"v{t}", "sw": f"vs{t}", "a": f"va{t}", "b": f"vb{t}", "c": f"vc{t}"}
@@ -69,6 +75,7 @@ def test_vlan_10_and_20_of_one_lab_switch_cannot_reach_each_other(tiny: Any,
     finally:
         ok("down", str(path))
     assert labrec.load(n["lab"]) is None
+    assert f"vmanager_sw_{n['sw']}\n" not in switch_tables()  # its VLAN rules went too
 
 
 def test_a_trunk_on_a_kernel_without_bridge_vlan_filtering_is_refused_and_rolled_back(
@@ -82,3 +89,4 @@ def test_a_trunk_on_a_kernel_without_bridge_vlan_filtering_is_refused_and_rolled
         pytest.skip("this kernel has bridge VLAN filtering; trunks are proven in-guest too")
     assert "trunk" in r.stderr and "CONFIG_BRIDGE_VLAN_FILTERING" in r.stderr, r.stderr
     assert labrec.load(n["lab"]) is None
+    assert f"vmanager_sw_{n['sw']}\n" not in switch_tables()

@@ -343,6 +343,8 @@ def _remove(item: dict[str, Any], *, lab: str, timeout: float = 30.0,
             if item.get("vxlan"):
                 _net.remove_link(item["vxlan"])
             _net.remove_link(item["name"])
+            if item.get("vlan_filtering"):
+                _net.remove_switch_rules(item["name"])
     elif kind == "host":
         if ours(netns=item["name"]):
             _net.remove_namespace(item["name"])

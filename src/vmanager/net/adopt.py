@@ -9,7 +9,8 @@ and, later and maybe elsewhere, adopted or removed through these calls:
   owns it now);
 * :func:`adopt_switch`, :func:`adopt_nic` and :func:`adopt_namespace` give
   objects for what an earlier process made, which this process may then close;
-* :func:`remove_namespace` and :func:`remove_link` remove by name.
+* :func:`remove_namespace`, :func:`remove_link` and :func:`remove_switch_rules`
+  remove by name.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ def link_exists(ifname: str, netns: str | None = None) -> bool:
 def remove_link(ifname: str, netns: str | None = None) -> None:
     """Delete ``ifname`` (in ``netns``); nothing if it is gone. A veth goes with its peer."""
     delete_link(ifname, netns)
+
+
+def remove_switch_rules(name: str) -> None:
+    """Delete the nftables table with which VLAN-aware switch ``name`` enforced its VLANs
+    (a kernel without bridge VLAN filtering); nothing if there is none."""
+    import shutil
+
+    from vmanager.net import Switch
+    if shutil.which("nft") is None:
+        return  # without nft no such table was made
+    Switch(name, create=False)._delete_nft_table()
 
 
 def release(resource: Any) -> None:
