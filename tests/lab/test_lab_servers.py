@@ -71,7 +71,9 @@ def test_each_server_gets_its_machines_and_a_vxlan_for_the_stretched_switch() ->
     p2 = part(parsed, "s2")
     assert [s.name for s in p2.switches] == ["lan"]
     vx2 = p2.switches[0].stretch
-    assert vx2 is not None and vx2.vni == vx.vni and vx2.ifname == vx.ifname
+    assert vx2 is not None and vx2.tunnels == vx.tunnels
+    (tunnel,) = vx.tunnels  # a plain switch: one port, on the switch's VNI, no VLAN
+    assert (tunnel.ifname, tunnel.vlan) == (vxlan_ifname("two", "lan"), None)
     assert (vx2.local, vx2.remotes, vx2.port) == ("192.0.2.2", ("192.0.2.1",), 4790)
     assert len(vxlan_ifname("two", "lan")) <= 15
     assert part(parsed, None).machines == ()
@@ -92,9 +94,90 @@ def test_bad_servers_are_refused_by_field(change: tuple[str, str], message: str)
         lab(LAB.replace(*change, 1))
 
 
-def test_a_vlan_aware_switch_across_servers_is_refused() -> None:
-    with pytest.raises(LabFileError, match="VLANs across servers are not supported"):
-        lab(LAB.replace("[switches.lan]", "[switches.lan]\nvlan_filtering = true", 1))
+VLAN_LAB = """
+[lab]
+name = "vl"
+
+[servers.s1]
+ssh = "root@192.0.2.1"
+[servers.s2]
+ssh = "root@192.0.2.2"
+
+[switches.lan]
+vlan_filtering = true
+vni = 5000
+[switches.plain]
+vni = 7000
+
+[machines.a]
+guest = "tiny"
+server = "s1"
+nics = [{ switch = "lan", vlan = 10 }, { switch = "plain" }]
+
+[machines.b]
+guest = "tiny"
+server = "s2"
+nics = [{ switch = "lan", vlan = 10 }, { switch = "plain" }]
+
+[machines.c]
+guest = "tiny"
+server = "s2"
+nics = [{ switch = "lan", vlan = 20 }, { switch = "lan" }, { switch = "lan", vlans = [30, 4094] }]
+"""
+
+
+def test_a_vlan_aware_switch_crosses_on_one_vxlan_port_per_vlan_of_the_whole_lab() -> None:
+    from vmanager import validate
+    from vmanager.lab.stretch import vlan_vni
+    parsed = lab(VLAN_LAB)
+    plans = {}
+    for server in ("s1", "s2"):
+        by_name = {s.name: s.stretch for s in part(parsed, server).switches}
+        stretch = by_name["lan"]
+        assert stretch is not None
+        plans[server] = stretch.tunnels
+        # the plain switch beside it keeps one port on its own VNI
+        plain = by_name["plain"]
+        assert plain is not None and [(t.vni, t.vlan) for t in plain.tunnels] == [(7000, None)]
+    # every VLAN used on the switch anywhere (c's are all on s2; s1 gets them too, so a
+    # machine can move there): access VLANs, VLAN 1 of an untagged NIC, a trunk's VLANs
+    assert plans["s1"] == plans["s2"]
+    assert [(t.vlan, t.vni) for t in plans["s1"]] == [
+        (1, 5001), (10, 5010), (20, 5020), (30, 5030), (4094, 9094)]
+    names = [t.ifname for t in plans["s1"]]
+    assert len(set(names)) == len(names)
+    assert names == [vxlan_ifname("vl", "lan", t.vlan) for t in plans["s1"]]
+    for name in names:
+        assert validate.ifname(name) == name and len(name.encode()) <= 15
+    assert vxlan_ifname("vl", "lan") not in names  # the plain port's name is not reused
+    # the VNI wraps past the largest one to 1, never 0
+    assert vlan_vni(16777215, 1) == 1 and vlan_vni(16777210, 10) == 5
+
+
+def test_without_a_vni_the_vlan_vnis_follow_the_derived_switch_vni() -> None:
+    from vmanager.lab.stretch import vlan_vni, vni_of
+    parsed = lab(VLAN_LAB.replace("vni = 5000\n", "", 1))
+    stretch = {s.name: s.stretch for s in part(parsed, "s1").switches}["lan"]
+    assert stretch is not None
+    base = vni_of("vl", "lan", None)
+    assert [t.vni for t in stretch.tunnels] == [vlan_vni(base, v) for v in (1, 10, 20, 30, 4094)]
+
+
+def test_tunnels_on_one_vni_are_refused_naming_both() -> None:
+    # the plain switch's VNI is that of lan's VLAN 10 (5000 + 10)
+    with pytest.raises(LabFileError, match=r"switch 'lan' \(VLAN 10\) and switch 'plain' "
+                       "would both cross on VNI 5010; VLAN v of a VLAN-aware switch"):
+        lab(VLAN_LAB.replace("vni = 7000", "vni = 5010", 1))
+    # VLAN 5 of a second VLAN-aware switch at 5005 is 5010 too
+    text = VLAN_LAB.replace("vni = 7000", "vni = 5005\nvlan_filtering = true", 1)
+    with pytest.raises(LabFileError, match=r"switch 'lan' \(VLAN 10\) and switch 'plain' "
+                       r"\(VLAN 5\) would both cross on VNI 5010.*at least 4095 apart"):
+        lab(text.replace('{ switch = "plain" }', '{ switch = "plain", vlan = 5 }'))
+    # two plain switches on one VNI, as before
+    with pytest.raises(LabFileError, match="give one of them vni"):
+        lab(LAB.replace("[switches.lan]", "[switches.lan]\nvni = 77", 1)
+            .replace('nics = [{ switch = "lan" }]', 'nics = [{ switch = "lan" }, '
+                     '{ switch = "solo" }]'))
 
 
 def test_a_switch_on_the_local_host_and_a_server_is_refused() -> None:

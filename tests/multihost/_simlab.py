@@ -19,12 +19,7 @@ def two_server_lab(sim: Simulation, tmp_path: Path, *, extra: str = "",
                    disks_a: str | None = None) -> tuple[Path, dict[str, str]]:
     """A lab of machine a on s1 and b on s2 on one switch; a's disks: ``disk_a`` of
     ``disk_size``, or ``disks_a`` (the entries of a TOML ``disks`` list)."""
-    # The tiny guest this host built, by path: the servers (namespaces without a
-    # route out) could not fetch Debian packages to build one themselves.
-    from vmanager.guests import tiny_guest
-    guest = tiny_guest()
-    boot = (f'kernel = "{guest.kernel}"\ninitrd = "{guest.initrd}"\n'
-            f'append = "{guest.append()}"')
+    boot = tiny_boot()
     t = unique_name("")
     n = {"lab": f"mh{t}", "sw": f"lan{t}", "a": f"a{t}", "b": f"b{t}"}
     body = f"""
@@ -52,6 +47,60 @@ nics = [{{ switch = "{n['sw']}" }}]
     path = tmp_path / "lab.toml"
     path.write_text(body)
     return path, n
+
+
+def tiny_boot() -> str:
+    """The lab-file lines that boot the tiny guest this host built, by path: the servers
+    (namespaces without a route out) could not fetch Debian packages to build one."""
+    from vmanager.guests import tiny_guest
+    guest = tiny_guest()
+    return (f'kernel = "{guest.kernel}"\ninitrd = "{guest.initrd}"\n'
+            f'append = "{guest.append()}"')
+
+
+def vlan_lab(sim: Simulation, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """One VLAN-aware switch stretched over two servers: a on s1 and b on s2 in VLAN 10,
+    c on s2 in VLAN 20."""
+    t = unique_name("")
+    n = {"lab": f"mv{t}", "sw": f"vl{t}", "a": f"a{t}", "b": f"b{t}", "c": f"c{t}"}
+    machines = ""
+    for m, server, vid in (("a", "s1", 10), ("b", "s2", 10), ("c", "s2", 20)):
+        machines += (f"\n[machines.{n[m]}]\n{tiny_boot()}\nmemory = 192\n"
+                     f'server = "{server}"\nnics = [{{ switch = "{n["sw"]}", vlan = {vid} }}]\n')
+    path = tmp_path / "vlans.toml"
+    path.write_text(f"""
+[lab]
+name = "{n['lab']}"
+allow_paths = ["/"]  # the tiny guest's kernel lives outside this directory
+
+{sim.servers_toml(vmanager=VMANAGER)}
+[switches.{n['sw']}]
+vlan_filtering = true
+{machines}""")
+    return path, n
+
+
+def server_vxlans(sim: Simulation, server_name: str) -> dict[str, tuple[int, str | None]]:
+    """The VXLAN links in a server's namespace: name -> (VNI, the bridge it is on)."""
+    from vmanager.net._netlink import attr, linkinfo_kind, rtnl
+    found: dict[str, tuple[int, str | None]] = {}
+    with rtnl(server(sim, server_name).netns) as ipr:
+        links = list(ipr.link("dump"))
+        names = {int(m["index"]): str(attr(m, "IFLA_IFNAME")) for m in links}
+        for m in links:
+            if linkinfo_kind(m) == "vxlan":
+                data = m.get_nested("IFLA_LINKINFO", "IFLA_INFO_DATA")
+                found[str(attr(m, "IFLA_IFNAME"))] = (int(data.get_attr("IFLA_VXLAN_ID")),
+                                                      names.get(attr(m, "IFLA_MASTER")))
+    return found
+
+
+def server_nft(sim: Simulation, server_name: str, *args: str) -> str:
+    """``nft ARGS`` run in a server's namespace (its output; "" if it failed)."""
+    from vmanager.net.host import sys_command
+    r = sys_command(["nft", *args], netns=server(sim, server_name).netns, check=False,
+                    timeout=30)
+    return r.stdout if r.returncode == 0 else ""
 
 
 def remote_json(sim: Simulation, server: str, *args: str) -> Any:

@@ -3,7 +3,8 @@
 Each server is a namespace with its own sshd, vmanager state and /run/netns,
 on an underlay bridge. The lab file lives here; ``vmanager`` runs here and
 reaches the servers over SSH only. Guests on the two servers ping across the
-stretched switch (VXLAN); ``down`` leaves nothing on either server.
+stretched switch (VXLAN), and stay apart in different VLANs of a stretched
+VLAN-aware switch; ``down`` leaves nothing on either server.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from _simlab import VMANAGER, pcap_frames, remote_json, root_qdisc, two_server_lab
+from _simlab import (
+    VMANAGER,
+    pcap_frames,
+    remote_json,
+    root_qdisc,
+    server_nft,
+    server_vxlans,
+    two_server_lab,
+    vlan_lab,
+)
 
 from vmanager.guests import TinyGuest
 from vmanager.multihost import Simulation
@@ -90,6 +100,61 @@ def test_guests_on_two_servers_ping_across_and_down_leaves_nothing(
         assert remote_json(sim, server, "net") == []
     assert sim.leftovers() == {}
     assert vm("inspect", str(lab)).returncode == 0
+
+
+def test_vlans_cross_servers_on_their_own_vnis_and_stay_apart(
+        sim: Simulation, tmp_path: Path) -> None:
+    from vmanager.lab.stretch import vlan_vni, vni_of, vxlan_ifname
+    from vmanager.net import Switch, stable_mac
+    from vmanager.net._switch_state import ports_from_ruleset
+    lab, n = vlan_lab(sim, tmp_path)
+    a, b, c, sw = n["a"], n["b"], n["c"], n["sw"]
+    table = Switch(sw, create=False).nft_table
+    ports = {vxlan_ifname(n["lab"], sw, vid): vid for vid in (10, 20)}
+    try:
+        ok("up", str(lab), "--wait-ready")
+        for i, m in enumerate((a, b, c), start=1):
+            ok("exec", m, "--", f"ip addr add 10.78.0.{i}/24 dev eth0 && ip link set eth0 up")
+        # each server has a VXLAN port per VLAN used on the switch anywhere in the lab
+        # (s1 has no VLAN 20 machine, and still gets its port), on the VLAN's own VNI,
+        # as an access port of that VLAN of its bridge (the nftables backend here)
+        base = vni_of(n["lab"], sw, None)
+        for server in ("s1", "s2"):
+            assert server_vxlans(sim, server) == {
+                name: (vlan_vni(base, vid), sw) for name, vid in ports.items()}
+            rules = json.loads(server_nft(sim, server, "-j", "list", "table", "bridge", table))
+            access = {p.ifname: p.vlan for p in ports_from_ruleset(rules).values()}
+            assert {k: v for k, v in access.items() if k in ports} == ports, access
+        # a (s1, VLAN 10) reaches b (s2, VLAN 10) across the servers
+        assert " 0% packet loss" in ok("exec", a, "--", "ping -c 3 -W 3 10.78.0.2")
+        # c (s2, VLAN 20) gets nothing a sends, not even its ARP broadcasts
+        pcap = tmp_path / "c.pcap"
+        capture = subprocess.Popen([*VM, "capture", str(lab), f"{c}:0", "-w", str(pcap),
+                                    "--duration", "8", "-f",
+                                    f"ether src {stable_mac(a, 0)}"],
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            for _ in range(2):
+                r = vm("exec", a, "--", "ping -c 2 -W 2 10.78.0.3")
+                assert r.returncode != 0, f"{a} (VLAN 10) reached {c} (VLAN 20):\n{r.stdout}"
+            _, err = capture.communicate(timeout=60)
+        finally:
+            if capture.poll() is None:
+                capture.kill()
+                capture.wait()
+        assert capture.returncode == 0, err
+        assert pcap_frames(pcap) == 0
+        # while b, on c's own server, still reaches a in VLAN 10
+        assert " 0% packet loss" in ok("exec", b, "--", "ping -c 1 -W 3 10.78.0.1")
+    finally:
+        down = vm("--json", "down", str(lab))
+    assert down.returncode == 0, down.stderr
+    for server in ("s1", "s2"):
+        assert remote_json(sim, server, "list") == []
+        assert remote_json(sim, server, "net") == []
+        assert server_vxlans(sim, server) == {}
+        assert f"table bridge {table}" not in server_nft(sim, server, "list", "tables")
+    assert sim.leftovers() == {}
 
 
 def test_an_unknown_host_key_is_refused_and_nothing_is_made(

@@ -39,9 +39,10 @@ def make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
     from vmanager.net import Switch
     if sw.address is not None:
         _require_unrouted(sw.name, sw.address)
-    vxlan = sw.stretch.ifname if sw.stretch else None
+    # its VXLAN ports (stretched over servers), each marked as the lab's when made
+    vxlans = list(sw.stretch.ifnames) if sw.stretch else []
     item = {"kind": "switch", "name": sw.name, "vlan_filtering": sw.vlan_filtering,
-            "vxlan": vxlan, "mtu": sw.mtu, "address": sw.address}
+            "vxlans": vxlans, "mtu": sw.mtu, "address": sw.address}
     rec.put({**item, "pending": True})
     switch = Switch(sw.name, vlan_filtering=sw.vlan_filtering, mtu=sw.mtu)
     _owner.mark_link(rec.name, sw.name)
@@ -50,9 +51,31 @@ def make_switch(rec: LabRecord, sw: SwitchSpec) -> None:
         from vmanager.net import Interface
         Interface(sw.name).add_address(sw.address)
     _net.forget(switch)
-    if sw.stretch is not None:  # one bridge per server, joined by VXLAN (lab.servers)
-        from vmanager.lab.servers import make_stretch
-        make_stretch(sw.name, sw.stretch)
+    if sw.stretch is not None:  # one bridge per server, joined by VXLAN (lab.stretch)
+        from vmanager.lab.stretch import make_stretch
+        make_stretch(rec.name, sw.name, sw.stretch)
+
+
+def _vxlans(item: dict[str, Any]) -> list[str]:
+    # "vxlan": the one, unmarked, port of a record written before "vxlans"
+    return [*(item.get("vxlans") or []), *([item["vxlan"]] if item.get("vxlan") else [])]
+
+
+def switch_present(item: dict[str, Any]) -> bool:
+    """Whether a recorded switch and all its VXLAN ports exist."""
+    return _net.link_exists(item["name"]) and all(_net.link_exists(v) for v in _vxlans(item))
+
+
+def remove_switch(item: dict[str, Any], lab: str) -> None:
+    """Remove a recorded switch that is ``lab``'s: its VXLAN ports, bridge and VLAN rules."""
+    for vx in item.get("vxlans") or []:
+        if _owner.link_owner(vx) == lab:  # one that clashed with another's at up is not ours
+            _net.remove_link(vx)
+    if item.get("vxlan"):
+        _net.remove_link(item["vxlan"])
+    _net.remove_link(item["name"])
+    if item.get("vlan_filtering"):
+        _net.remove_switch_rules(item["name"])
 
 
 def _require_unrouted(switch: str, address: str) -> None:

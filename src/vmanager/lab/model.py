@@ -6,7 +6,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vmanager.lab.servers import ServerSpec, StretchSpec
+from vmanager.lab.servers import ServerSpec
+from vmanager.lab.stretch import StretchSpec
 from vmanager.net.impair import Impairment
 
 if TYPE_CHECKING:

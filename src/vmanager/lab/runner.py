@@ -96,7 +96,7 @@ def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
                         _host_present, made, kept, step)
             for sw in lab.switches:
                 _ensure(rec, "switch", sw.name, functools.partial(_objects.make_switch, rec, sw),
-                        _switch_present, made, kept, step)
+                        _objects.switch_present, made, kept, step)
             for router in lab.routers:
                 _ensure(rec, "router", router.name,
                         functools.partial(_objects.make_router, rec, lab, router), _router_present,
@@ -153,11 +153,6 @@ def _ensure(rec: LabRecord, kind: str, name: str, make: Callable[[], None],
 
 def _host_present(item: dict[str, Any]) -> bool:
     return _net.namespace_exists(item["name"]) and _net.link_exists(item["port"])
-
-
-def _switch_present(item: dict[str, Any]) -> bool:
-    return _net.link_exists(item["name"]) and (
-        not item.get("vxlan") or _net.link_exists(item["vxlan"]))
 
 
 def _router_present(item: dict[str, Any]) -> bool:
@@ -340,11 +335,7 @@ def _remove(item: dict[str, Any], *, lab: str, timeout: float = 30.0,
                 shutil.rmtree(run_dir, ignore_errors=True)
     elif kind == "switch":
         if ours(link=item["name"]):
-            if item.get("vxlan"):
-                _net.remove_link(item["vxlan"])
-            _net.remove_link(item["name"])
-            if item.get("vlan_filtering"):
-                _net.remove_switch_rules(item["name"])
+            _objects.remove_switch(item, lab)
     elif kind == "host":
         if ours(netns=item["name"]):
             _net.remove_namespace(item["name"])

@@ -19,8 +19,9 @@
     server = "s1"                    # default: the host that runs vmanager (local)
 
 A switch used by objects on more than one server is *stretched*: each of those
-servers makes its own bridge of that name and a :class:`~vmanager.net.Vxlan`
-port on it whose remotes are the other servers' addresses (:func:`part`).
+servers makes its own bridge of that name and :class:`~vmanager.net.Vxlan`
+ports on it whose remotes are the other servers' addresses (:func:`part`): one
+port, or one per VLAN of a VLAN-aware switch (:mod:`vmanager.lab.stretch`).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from __future__ import annotations
 import ipaddress
 import re
 import shlex
-import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from vmanager import validate
 from vmanager.errors import ConfigError, LabFileError
-from vmanager.net.vxlan import DEFAULT_PORT, VNI_MAX, check_port, check_vni
+from vmanager.lab.stretch import StretchSpec, check_tunnels, tunnels
+from vmanager.lab.stretch import vxlan_ifname as vxlan_ifname
+from vmanager.net.vxlan import DEFAULT_PORT, check_port, check_vni
 
 SERVER_KEYS = {"ssh", "identity", "known_hosts", "vmanager", "address", "underlay",
                "vxlan_port"}
@@ -74,18 +76,6 @@ class ServerSpec:
     def from_json(cls, data: dict[str, Any]) -> ServerSpec:
         """The inverse of :meth:`to_json`."""
         return cls(**{**data, "vmanager": tuple(data.get("vmanager") or ("vmanager",))})
-
-
-@dataclass(frozen=True)
-class StretchSpec:
-    """How one server joins a stretched switch: its VXLAN port."""
-
-    ifname: str
-    vni: int
-    local: str
-    remotes: tuple[str, ...]
-    port: int
-    underlay: str | None
 
 
 def parse_ssh(value: str) -> tuple[str | None, str, int | None]:
@@ -213,30 +203,18 @@ def stretched(lab: Any) -> dict[str, list[str | None]]:
             for sw, u in _users(lab).items() if len(u) > 1}
 
 
-def vni_of(lab_name: str, switch: str, given: int | None) -> int:
-    """The switch's VNI: given, or derived from the lab and switch names (stable)."""
-    if given is not None:
-        return given
-    return zlib.crc32(f"{lab_name}/{switch}".encode()) % (VNI_MAX - 1) + 1
-
-
-def vxlan_ifname(lab_name: str, switch: str) -> str:
-    """The name of a stretched switch's VXLAN port (fits IFNAMSIZ, stable)."""
-    return f"vx{zlib.crc32(f'{lab_name}/{switch}'.encode()):08x}"
-
-
 def check_placement(lab: Any) -> None:
     """Refuse a lab whose stretched switches cannot be built.
 
     Raises:
         LabFileError: a stretched switch spans the local host (it has no
-            address on the underlay) or a server without ``address``, or is
-            VLAN-aware; a router's trunk host is on another server; two switches
-            share a VNI.
+            address on the underlay) or a server without ``address``; a
+            router's trunk host is on another server; two stretched switches (or
+            VLANs of them) share a VNI.
     """
     servers = {s.name: s for s in lab.servers}
-    vnis: dict[int, str] = {}
-    for sw, where in stretched(lab).items():
+    wide = stretched(lab)
+    for sw, where in wide.items():
         for place in where:
             if place is None:
                 raise LabFileError(f"switch {sw!r} is used on the local host and on servers "
@@ -248,19 +226,7 @@ def check_placement(lab: Any) -> None:
                                    "address = \"...\" (its address on the underlay; the ssh "
                                    "host is not an IP address)", path=str(lab.path),
                                    field=f"servers.{place}")
-        spec = next(s for s in lab.switches if s.name == sw)
-        if spec.vlan_filtering:
-            raise LabFileError(f"switch {sw!r} is VLAN-aware and used on servers "
-                               f"{', '.join(str(p) for p in where)}: VLANs across servers are "
-                               "not supported yet (its VXLAN port would have to be a trunk of "
-                               "every VLAN); keep a VLAN-aware switch on one server",
-                               path=str(lab.path), field=f"switches.{sw}.vlan_filtering")
-        vni = vni_of(lab.name, sw, spec.vni)
-        if vni in vnis:
-            raise LabFileError(f"switches {vnis[vni]!r} and {sw!r} have the same VNI {vni}; "
-                               "give one of them vni = ...", path=str(lab.path),
-                               field=f"switches.{sw}.vni")
-        vnis[vni] = sw
+    check_tunnels(lab, list(wide))
     hosts = {h.name: h.server for h in lab.hosts}
     for r in lab.routers:
         if r.trunk in hosts and hosts[r.trunk] != r.server:
@@ -273,7 +239,7 @@ def part(lab: Any, server: str | None) -> Any:
     """The lab as ``server`` (``None``: the local host) makes it.
 
     Only its own machines, routers and hosts; the switches they use, each
-    stretched one with the :class:`StretchSpec` of this server's VXLAN port.
+    stretched one with the :class:`StretchSpec` of this server's VXLAN ports.
     """
     check_placement(lab)
     servers = {s.name: s for s in lab.servers}
@@ -288,10 +254,8 @@ def part(lab: Any, server: str | None) -> Any:
         if sw.name in wide and server is not None:
             me = servers[server]
             others = [servers[p].address for p in wide[sw.name] if p is not None and p != server]
-            stretch = StretchSpec(vxlan_ifname(lab.name, sw.name), vni_of(lab.name, sw.name,
-                                                                            sw.vni),
-                                  str(me.address), tuple(str(o) for o in others),
-                                  me.vxlan_port, me.underlay)
+            stretch = StretchSpec(tunnels(lab, sw), str(me.address),
+                                  tuple(str(o) for o in others), me.vxlan_port, me.underlay)
         switches.append(replace(sw, stretch=stretch))
     return replace(lab,
                    machines=tuple(m for m in lab.machines if m.server == server),
@@ -299,11 +263,3 @@ def part(lab: Any, server: str | None) -> Any:
                    hosts=tuple(h for h in lab.hosts if h.server == server),
                    switches=tuple(switches))
 
-
-def make_stretch(bridge: str, stretch: StretchSpec) -> None:
-    """Make a stretched switch's VXLAN port on ``bridge`` (the lab record owns it after)."""
-    from vmanager.net import adopt as _net
-    from vmanager.net.vxlan import Vxlan
-    vx = Vxlan(stretch.ifname, vni=stretch.vni, local=stretch.local, remotes=stretch.remotes,
-               port=stretch.port, underlay=stretch.underlay, bridge=bridge)
-    _net.forget(vx)
