@@ -16,6 +16,14 @@ def emit_json(data: Any, out: TextIO | None = None) -> None:
     print(json.dumps(data, indent=2, sort_keys=True, default=str), file=out or sys.stdout)
 
 
+def say(args: Any, data: dict[str, Any], text: str) -> None:
+    """A command's result: ``data`` as JSON with ``--json``, else ``text`` unless ``--quiet``."""
+    if args.json:
+        emit_json(data)
+    elif not args.quiet:
+        print(text)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]],
           out: TextIO | None = None) -> None:
     """Print an aligned plain-text table."""

@@ -6,20 +6,16 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from vmanager import state
-from vmanager.cli import console
-from vmanager.cli._output import Progress, emit_json, table
+from vmanager.cli import console, definitions
+from vmanager.cli._output import Progress, emit_json, say, table
 from vmanager.errors import ConfigError, ShutdownTimeout, StateError
 from vmanager.state import records
 from vmanager.state.persist import (
     PersistentMachine,
-    nvram_path,
-    remove_image_overlay,
-    remove_nvram,
 )
 
 #: Ctrl-] leaves ``vmanager console``, as in telnet and virsh.
@@ -51,90 +47,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_disk(text: str) -> dict[str, Any]:
-    path, _, size = text.partition(":")
-    if not path:
-        raise ConfigError(f"--disk {text!r}: give PATH or PATH:SIZE")
-    disk: dict[str, Any] = {"path": str(Path(path).resolve()), "format": "qcow2",
-                            "interface": "virtio"}
-    if size:
-        disk["size"] = size
-    return disk
-
-
-def _cloud_init_file(text: str) -> dict[str, Any]:
-    """A ``--cloud-init`` file: TOML or JSON with the keys of :class:`~vmanager.CloudInit`."""
-    import json
-    import tomllib
-
-    from vmanager.images.cloudinit import CloudInit
-    path = Path(text)
-    try:
-        raw = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"--cloud-init {text}: {exc.strerror or exc}") from exc
-    try:
-        data = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw)
-    except ValueError as exc:  # JSONDecodeError and TOMLDecodeError are ValueErrors
-        raise ConfigError(f"--cloud-init {text}: not valid "
-                          f"{'JSON' if path.suffix == '.json' else 'TOML'}: {exc}") from exc
-    CloudInit.from_mapping(data)  # names the bad field now, not at start
-    return dict(data)
-
-
-def cmd_define(args: argparse.Namespace) -> int:
-    definition: dict[str, Any] = {
-        "memory": args.memory, "cpus": args.cpus, "accel": args.accel, "nics": args.nics,
-        "disks": [_parse_disk(d) for d in args.disk],
-        "cd": str(Path(args.cd).resolve()) if args.cd else None,
-        # UEFI variables are kept between starts, as libvirt keeps a defined domain's
-        "firmware": args.firmware,
-        "nvram": str(nvram_path(args.name)) if args.firmware == "uefi" else None,
-    }
-    if args.guest:
-        definition["guest"] = args.guest
-    elif args.kernel:
-        definition.update(kernel=str(Path(args.kernel).resolve()),
-                          initrd=str(Path(args.initrd).resolve()) if args.initrd else None,
-                          append=args.append)
-    elif not definition["disks"] and not definition["cd"]:
-        raise ConfigError("nothing to boot: give --guest, --kernel, --disk or --cd")
-    if args.cloud_init:
-        definition["cloud_init"] = _cloud_init_file(args.cloud_init)
-    record = records.MachineRecord(args.name, definition=definition, persistent=True)
-    # build once without starting: validates names, sizes and files now
-    state.build_machine(record, for_attach=True)
-    with state.locked("machine", args.name):
-        existing = records.find(args.name)
-        if existing is not None and not args.force:
-            raise StateError(f"machine {args.name!r} is already defined (--force replaces "
-                             "its definition)", state="defined")
-        if existing is not None:
-            if existing.lab is not None:
-                raise StateError(f"machine {args.name!r} belongs to lab {existing.lab!r}")
-            record = replace(record, runtime=existing.runtime)
-        records.save(record)
-    _say(args, {"name": args.name, "defined": True}, f"defined {args.name}")
-    return 0
-
-
-def cmd_undefine(args: argparse.Namespace) -> int:
-    with state.locked("machine", args.name):
-        record = records.load(args.name)
-        if record.lab is not None:
-            raise StateError(f"machine {args.name!r} belongs to lab {record.lab!r}; "
-                             "'vmanager down' removes it")
-        if records.liveness(record) is not None:
-            raise StateError(f"machine {args.name!r} has a runtime record; stop it (or "
-                             "'vmanager clean' a stale one) first", state="running")
-        records.delete(args.name)
-        disk = remove_image_overlay(args.name, record.definition)
-        remove_nvram(args.name, record.definition)
-    _say(args, {"name": args.name, "undefined": True, "removed_disk": str(disk) if disk else None},
-         f"undefined {args.name}" + (f" (removed its disk {disk})" if disk else ""))
-    return 0
-
-
 def cmd_start(args: argparse.Namespace) -> int:
     record = records.load(args.name)
     progress = Progress(quiet=args.json or args.quiet)
@@ -157,7 +69,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         machine.kill()
         raise
     state.detach(machine)
-    _say(args, info, f"{args.name} running (pid {info['pid']}, {info['accel']})")
+    say(args, info, f"{args.name} running (pid {info['pid']}, {info['accel']})")
     return 0
 
 
@@ -175,7 +87,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
                 raise
         else:
             machine.stop()
-    _say(args, {"name": args.name, "stopped": True}, f"{args.name} stopped")
+    say(args, {"name": args.name, "stopped": True}, f"{args.name} stopped")
     return 0
 
 
@@ -186,13 +98,13 @@ def cmd_freeze(args: argparse.Namespace) -> int:
         else:
             m.unfreeze()
         st = m.status()
-    _say(args, {"name": args.name, "status": st}, f"{args.name}: {st}")
+    say(args, {"name": args.name, "status": st}, f"{args.name}: {st}")
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
     st = records.clear_stale(args.name)
-    _say(args, {"name": args.name, "cleaned": True, "was": st.detail},
+    say(args, {"name": args.name, "cleaned": True, "was": st.detail},
          f"{args.name}: removed the stale runtime record ({st.detail or 'not started'})")
     return 0
 
@@ -237,7 +149,7 @@ def cmd_screenshot(args: argparse.Namespace) -> int:
         else:
             fmt = "png" if path.suffix.lower() == ".png" else "ppm"
             m.qmp("screendump", {"filename": str(path), "format": fmt})
-    _say(args, {"name": args.name, "file": str(path)}, f"saved {path}")
+    say(args, {"name": args.name, "file": str(path)}, f"saved {path}")
     return 0
 
 
@@ -245,7 +157,7 @@ def cmd_send_key(args: argparse.Namespace) -> int:
     with attached(args.name, args.timeout) as m:
         for combo in args.keys:
             m.send_key(combo)
-    _say(args, {"name": args.name, "keys": args.keys}, f"sent {' '.join(args.keys)}")
+    say(args, {"name": args.name, "keys": args.keys}, f"sent {' '.join(args.keys)}")
     return 0
 
 
@@ -257,7 +169,7 @@ def cmd_type(args: argparse.Namespace) -> int:
             raise StateError("typing text needs the screen package's type_text(), "
                              "which this build lacks")
         typer(text)
-    _say(args, {"name": args.name, "typed": len(text)}, f"typed {len(text)} characters")
+    say(args, {"name": args.name, "typed": len(text)}, f"typed {len(text)} characters")
     return 0
 
 
@@ -279,7 +191,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             m.snapshots.load(args.snap)
         else:
             m.snapshots.delete(args.snap)
-    _say(args, {"name": args.name, "action": action, "snapshot": args.snap},
+    say(args, {"name": args.name, "action": action, "snapshot": args.snap},
          f"{args.name}: {action} {args.snap}")
     return 0
 
@@ -292,13 +204,6 @@ def cmd_console(args: argparse.Namespace) -> int:
         if sys.stdin.isatty() and not args.batch:
             return console.interactive(m, escape=ESCAPE)
         return console.batch(m, args.wait)
-
-
-def _say(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
-    if args.json:
-        emit_json(data)
-    elif not args.quiet:
-        print(text)
 
 
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -315,34 +220,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = add("list", cmd_list, "list machines and their state (stale records included)",
             aliases=("ls",))
-    p = add("define", cmd_define, "record a machine definition (persistent, like virsh define)")
-    p.add_argument("name")
-    boot = p.add_mutually_exclusive_group()
-    from vmanager.images import DISTRIBUTIONS
-    boot.add_argument("--guest", choices=("tiny", *sorted(DISTRIBUTIONS)),
-                      help="boot vmanager's tiny test guest, or an overlay of an image "
-                      "vmanager builds (debian-12: built and cached on first start)")
-    boot.add_argument("--kernel", help="boot this kernel directly")
-    p.add_argument("--initrd")
-    p.add_argument("--append", help="kernel command line")
-    p.add_argument("--memory", default=256, help="RAM, MiB or with a unit (default 256)")
-    p.add_argument("--cpus", type=int, default=1)
-    p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
-    p.add_argument("--firmware", choices=("bios", "uefi"), default="bios",
-                   help="SeaBIOS (default) or UEFI (OVMF; its variable store is kept "
-                        "between starts and removed by undefine)")
-    p.add_argument("--disk", action="append", default=[], metavar="PATH[:SIZE]",
-                   help="a qcow2 disk; created with SIZE on first start if missing")
-    p.add_argument("--cd", metavar="ISO")
-    p.add_argument("--nics", type=int, default=0,
-                   help="NICs in the machine's own network namespace")
-    p.add_argument("--cloud-init", metavar="FILE",
-                   help="a cloud-init seed for the machine: a TOML (or .json) file with "
-                   "the keys of a lab's cloud_init table (hostname, users, password, "
-                   "ssh_authorized_keys, runcmd, packages, network_config)")
-    p.add_argument("--force", action="store_true", help="replace an existing definition")
-    p = add("undefine", cmd_undefine, "forget a stopped machine's definition")
-    p.add_argument("name")
+    definitions.add_parsers(add)
     p = add("start", cmd_start, "start a defined (or lab) machine; it keeps running after "
             "this command exits", timeout=120.0)
     p.add_argument("name")
