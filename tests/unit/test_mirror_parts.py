@@ -17,6 +17,7 @@ import pytest
 
 from vmanager.errors import ConfigError, NotFoundError, StorageError
 from vmanager.lab import mirror
+from vmanager.lab.relay import relay
 
 
 def _relay_pair(run_src: Path, run_dst: Path) -> tuple[list[threading.Thread], list[int]]:
@@ -27,7 +28,7 @@ def _relay_pair(run_src: Path, run_dst: Path) -> tuple[list[threading.Thread], l
 
     def run(**kw: object) -> None:
         try:
-            counts.append(mirror.relay(timeout=20, **kw))  # type: ignore[arg-type]
+            counts.append(relay(timeout=20, **kw))  # type: ignore[arg-type]
         finally:
             os.close(kw["stdin"])  # type: ignore[arg-type]
     threads = [
@@ -84,7 +85,7 @@ def test_a_listening_relay_ends_when_its_other_side_goes_before_any_client(
     r, w = os.pipe()
     out_r, out_w = os.pipe()
     os.close(w)  # the orchestrator's side is gone
-    assert mirror.relay(tmp_path, "nbd-out-disk0.sock", listen=True, stdin=r, stdout=out_w,
+    assert relay(tmp_path, "nbd-out-disk0.sock", listen=True, stdin=r, stdout=out_w,
                         timeout=20) == 0
     assert not (tmp_path / "nbd-out-disk0.sock").exists()
     for fd in (r, out_r, out_w):
@@ -94,9 +95,9 @@ def test_a_listening_relay_ends_when_its_other_side_goes_before_any_client(
 def test_relay_names_are_plain_socket_names(tmp_path: Path) -> None:
     for bad in ("../x.sock", "a/b.sock", "x", ".sock"):
         with pytest.raises(ConfigError):
-            mirror.relay(tmp_path, bad, listen=True, stdin=0, stdout=1)
+            relay(tmp_path, bad, listen=True, stdin=0, stdout=1)
     with pytest.raises(NotFoundError):
-        mirror.relay(tmp_path / "none", "nbd.sock", listen=False, stdin=0, stdout=1)
+        relay(tmp_path / "none", "nbd.sock", listen=False, stdin=0, stdout=1)
 
 
 def _definition(*paths: Path) -> dict[str, object]:

@@ -251,7 +251,7 @@ def cmd_migrate_plan(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate_relay(args: argparse.Namespace) -> int:
-    from vmanager.lab.mirror import relay
+    from vmanager.lab.relay import relay
     from vmanager.state.persist import run_dir_of
     out = os.dup(sys.stdout.fileno())
     # The stream is the relay's alone, and sshd sends the end of it only once the

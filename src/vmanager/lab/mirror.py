@@ -14,7 +14,7 @@ does), with every byte inside the lab's SSH connections:
 3. Per disk the orchestrating host joins two ``vmanager migrate-relay``
    processes (one per server, each on an SSH connection) with two OS pipes: the
    source's relay listens on a unix socket in the machine's run directory, the
-   destination's relay connects to the NBD socket (:func:`relay`).
+   destination's relay connects to the NBD socket (:func:`vmanager.lab.relay.relay`).
 4. The source adds an NBD client node on its relay's socket and runs
    ``blockdev-mirror sync=full`` into it for each disk; once every job is
    ready (source and copy in step, guest writes mirrored as they come) the RAM
@@ -39,9 +39,6 @@ import contextlib
 import logging
 import os
 import re
-import select
-import socket
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -53,10 +50,7 @@ log = logging.getLogger(__name__)
 
 EXPORT_SOCKET = "nbd.sock"           #: the destination QEMU's NBD server, in its run dir
 _NODE = re.compile(r"^disk\d{1,3}$")  # vmanager's disk node names (qemu.blockdev.disk_id)
-_SOCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{0,60}\.sock$")
 _POLL = 0.05
-_GO = b"\x01"  # the listening relay's first byte: a client is there, connect now
-CHUNK = 1 << 20
 
 
 def relay_socket(node: str) -> str:
@@ -187,69 +181,6 @@ def unexport(m: Any, disks: Sequence[Mapping[str, Any]]) -> None:
     with contextlib.suppress(VmanagerError):
         m.qmp("nbd-server-stop")
     (m.run_dir / EXPORT_SOCKET).unlink(missing_ok=True)
-
-
-# -- 3. the relays ---------------------------------------------------------------------------
-
-def relay(run_dir: Path, name: str, *, listen: bool, stdin: int, stdout: int,
-          timeout: float = 600.0) -> int:
-    """Join a unix socket in ``run_dir`` to this process's standard streams, both ways.
-
-    ``listen``: accept one connection on ``run_dir/name`` (made here, removed
-    after), then say so with one byte on ``stdout``. Otherwise wait for that
-    byte on ``stdin`` and connect to ``run_dir/name``. Returns the bytes relayed.
-    """
-    if not _SOCKET_NAME.match(name):
-        raise ConfigError(f"bad relay socket name {name!r}")
-    if not run_dir.is_dir():
-        raise NotFoundError(f"{run_dir} does not exist on this server")
-    path = run_dir / name
-    if listen:
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_socket():
-                    path.unlink()  # left by an earlier relay of ours
-            listener.bind(str(path))
-            listener.listen(1)
-            # the orchestrator's end going away (EOF on stdin) ends the wait too
-            ready, _, _ = select.select([listener.fileno(), stdin], [], [], timeout)
-            if listener.fileno() not in ready:
-                return 0
-            conn, _ = listener.accept()
-        finally:
-            listener.close()
-            path.unlink(missing_ok=True)
-        conn.settimeout(None)
-        os.write(stdout, _GO)
-    else:
-        if os.read(stdin, 1) != _GO:
-            return 0  # the other end went away before anybody connected
-        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        conn.connect(str(path))
-    counted = [0, 0]
-
-    def outward() -> None:
-        with contextlib.suppress(OSError):
-            while chunk := conn.recv(CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(stdout, view):]
-                counted[0] += len(chunk)
-        with contextlib.suppress(OSError):
-            os.close(stdout)
-    thread = threading.Thread(target=outward, name="vmanager-relay-out", daemon=True)
-    thread.start()
-    with contextlib.suppress(OSError):
-        while chunk := os.read(stdin, CHUNK):
-            conn.sendall(chunk)
-            counted[1] += len(chunk)
-    # NBD has no half-closed state: one side done means the connection is done
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_RDWR)
-    thread.join(timeout)
-    conn.close()
-    return counted[0] + counted[1]
 
 
 # -- 4. the source's mirror jobs -----------------------------------------------------------
