@@ -91,6 +91,8 @@ def to_json(m: Machine) -> dict[str, Any]:
                   for d in m.harddrives],
         "cd": str(m.cd.path) if m.cd is not None and m.seed.cloud_init is None else None,
         "nics": m.network.count,
+        "template_source": m.template.source,
+        "template": str(m.template.info.path) if m.template.info is not None else None,
         "guest_agent": m.agent.enabled,
         "cloud_init": (m.seed.cloud_init.to_mapping() if m.seed.cloud_init is not None
                        else None),

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from vmanager import logkeeper, paths, validate
 from vmanager.errors import ConfigError, StateError
 from vmanager.logkeeper import LogKeeper
-from vmanager.machine import definition, process, reattach, start
+from vmanager.machine import definition, process, reattach, start, template
 from vmanager.machine import recorder as recording
 from vmanager.machine.agent import AgentChannel, GuestCommands
 from vmanager.machine.base import State
@@ -39,6 +39,7 @@ from vmanager.machine.screen import Screen
 from vmanager.machine.seed import CloudInitSeed
 from vmanager.machine.shell import GuestShell
 from vmanager.machine.snapshots import Snapshots
+from vmanager.machine.template import Templating
 from vmanager.machine.verbs import SeedVerbs
 from vmanager.machine.view import View
 from vmanager.qemu import cmdline, launch
@@ -74,6 +75,9 @@ class Machine(SeedVerbs):
     ~50 MiB for the tiny guest at QEMU's default); ignored under KVM.
     ``firmware`` is ``"bios"`` (SeaBIOS) or ``"uefi"`` (OVMF in flash, :attr:`flash`);
     ``nvram`` keeps a UEFI machine's variable store in that file between runs.
+    ``template_source=True`` keeps RAM in a file so that :meth:`save_template` can
+    save the machine as a template; ``template=DIR`` makes a clone of one
+    (:mod:`vmanager.machine.template`): ``start_vm()`` resumes the template's guest.
 
     The features are parts it holds: :attr:`disks`, :attr:`cdrom`,
     :attr:`network`, :attr:`ram`, :attr:`screen`, :attr:`input`,
@@ -116,6 +120,8 @@ class Machine(SeedVerbs):
         cloud_init: CloudInit | None = None,
         firmware: Literal["bios", "uefi"] = "bios",
         nvram: str | Path | None = None,
+        template_source: bool = False,
+        template: str | Path | None = None,
     ) -> None:
         self.name = validate.name(name, what="machine name")
         self.cpus = definition.check_cpus(cpus)
@@ -151,6 +157,9 @@ class Machine(SeedVerbs):
         """The guest's backdoor shell (``execute``, ``succeed``...)."""
         self.ram = Memory(view, memory)
         """RAM: DIMM hot-plug, the balloon, memory dumps."""
+        self.template = Templating(view, source=template_source, template=template,
+                                   memory=self.ram.size)
+        """File-backed RAM: a template's source, or a clone of a template."""
         self.screen = Screen(view)
         """The display: screenshots, waits for text or images, VNC."""
         self.input = Input(view, self.screen.screen_size)
@@ -182,8 +191,8 @@ class Machine(SeedVerbs):
         ``bootindex`` in the spec); the argv's own order is :func:`cmdline.build`'s.
         """
         return [self.flash, self.shell, self.agent, self.commands, self.screen, self.input,
-                self.disks, self.seed, self.cdrom, self.ram, self.migration, self.network,
-                self.boot, self.snapshots, self.chardevs]
+                self.disks, self.seed, self.cdrom, self.ram, self.template, self.migration,
+                self.network, self.boot, self.snapshots, self.chardevs]
 
     def __repr__(self) -> str:
         return f"<Machine {self.name} {self.state.value}>"
@@ -230,7 +239,10 @@ class Machine(SeedVerbs):
         QEMU is missing, :class:`QemuStartError` (with QEMU's log tail) when QEMU
         exits or does not answer; nothing is left behind on failure.
         """
-        start.start(self, timeout=timeout)
+        if self.template.info is not None and not self.migration.incoming:
+            template.start_clone(self, timeout=timeout)
+        else:
+            start.start(self, timeout=timeout)
 
     def run_info(self) -> RunInfo:
         """What this machine runs, for its recorder (argv, process, every part's runtime)."""

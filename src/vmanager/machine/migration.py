@@ -153,8 +153,13 @@ def migrate(src: Migratable, dst: Migratable, *, transport: str,
 
 
 def save(m: Migratable, path: Path, *, keep_running: bool,
-         progress: ProgressCallback | None, timeout: float) -> MigrationResult:
-    """See :meth:`Machine.save_state`."""
+         progress: ProgressCallback | None, timeout: float,
+         ignore_shared: bool = False) -> MigrationResult:
+    """See :meth:`Machine.save_state`.
+
+    ``ignore_shared``: RAM in a shared file is left out (QEMU's ``x-ignore-shared``);
+    a template's device state.
+    """
     monitor = m.migration.vm.monitor()
     target = Path(os.path.abspath(path))
     fd, tmp = _jobs.temp_beside(target, "machine state")
@@ -162,8 +167,7 @@ def save(m: Migratable, path: Path, *, keep_running: bool,
     was_running = m.state == State.RUNNING
     try:
         monitor.send_fd(fd, fdname)
-        m.migration.vm.qmp("migrate-set-capabilities",
-              {"capabilities": [{"capability": "events", "state": True}]})
+        _set_capabilities(m, ignore_shared=ignore_shared)
         m.migration.vm.qmp("migrate-set-parameters", {"max-bandwidth": DEFAULT_BANDWIDTH_MIB << 20})
         try:
             result = _run_outgoing(m, f"fd:{fdname}", progress=progress, timeout=timeout,
@@ -184,8 +188,13 @@ def save(m: Migratable, path: Path, *, keep_running: bool,
     return result
 
 
-def restore(m: Migratable, path: Path, *, timeout: float) -> None:
-    """See :meth:`Machine.restore_state`."""
+def restore(m: Migratable, path: Path, *, timeout: float, ignore_shared: bool = False,
+            check: Callable[[], None] | None = None) -> None:
+    """See :meth:`Machine.restore_state`.
+
+    ``ignore_shared``: the state leaves RAM out (a template's); ``check`` runs once
+    QEMU is up, before the state is loaded (it raises to refuse).
+    """
     source = Path(os.path.abspath(path))
     if not source.is_file():
         raise NotFoundError(f"machine state file {source} does not exist")
@@ -200,10 +209,11 @@ def restore(m: Migratable, path: Path, *, timeout: float) -> None:
         m.migration.incoming = True
         m.start_vm()
         try:
+            if check is not None:
+                check()
             fdname = f"vm-restore-{os.getpid()}-{fd}"
             m.migration.vm.monitor().send_fd(fd, fdname)
-            m.migration.vm.qmp("migrate-set-capabilities",
-                  {"capabilities": [{"capability": "events", "state": True}]})
+            _set_capabilities(m, ignore_shared=ignore_shared)
             m.migration.vm.qmp("migrate-incoming", {"uri": f"fd:{fdname}"})
             _wait_incoming_done(m, timeout=timeout)
         except BaseException as exc:
@@ -220,6 +230,13 @@ def restore(m: Migratable, path: Path, *, timeout: float) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------
+def _set_capabilities(m: Migratable, *, ignore_shared: bool) -> None:
+    caps = [{"capability": "events", "state": True}]
+    if ignore_shared:
+        caps.append({"capability": "x-ignore-shared", "state": True})
+    m.migration.vm.qmp("migrate-set-capabilities", {"capabilities": caps})
+
+
 def _run_outgoing(m: Migratable, uri: str, *, progress: ProgressCallback | None,
                   timeout: float, peer: Migratable | None, target: str) -> MigrationResult:
     """Start ``migrate`` to ``uri`` and watch it; cancel it on timeout or error."""
@@ -312,7 +329,7 @@ def _finish_source(m: Migratable) -> None:
     m.kill()
 
 
-def _device_map(m: Migratable) -> dict[str, str]:
+def device_map(m: Migratable) -> dict[str, str]:
     found: dict[str, str] = {}
     for prop in m.migration.vm.qmp("qom-list", {"path": "/machine/peripheral"}):
         kind = str(prop.get("type", ""))
@@ -334,7 +351,7 @@ def _flash_drives(m: Migratable) -> int:
     return count
 
 
-def _memory_map(m: Migratable) -> dict[str, Any]:
+def memory_map(m: Migratable) -> dict[str, Any]:
     summary = m.migration.vm.qmp("query-memory-size-summary")
     return {"base-memory": summary.get("base-memory"),
             "plugged-memory": summary.get("plugged-memory", 0)}
@@ -343,7 +360,7 @@ def _memory_map(m: Migratable) -> dict[str, Any]:
 def _check_same_devices(src: Migratable, dst: Migratable) -> None:
     """Refuse before sending anything when the destination cannot take the guest."""
     problems: list[str] = []
-    a, b = _device_map(src), _device_map(dst)
+    a, b = device_map(src), device_map(dst)
     missing = sorted(f"{k} ({v})" for k, v in a.items() if k not in b)
     extra = sorted(f"{k} ({v})" for k, v in b.items() if k not in a)
     differ = sorted(f"{k} ({a[k]} vs {b[k]})" for k in a.keys() & b.keys() if a[k] != b[k])
@@ -357,7 +374,7 @@ def _check_same_devices(src: Migratable, dst: Migratable) -> None:
     if fa != fb:  # the flash chips' RAM would be missing at one end
         problems.append(f"firmware differs: {src.name} has {fa or 'no'} flash drives, "
                         f"{dst.name} {fb or 'none'} (give both the same firmware=)")
-    ma, mb = _memory_map(src), _memory_map(dst)
+    ma, mb = memory_map(src), memory_map(dst)
     if ma != mb:
         problems.append(f"memory differs: {src.name} {ma} vs {dst.name} {mb}")
     if problems:

@@ -13,8 +13,9 @@ closes it (the machine creates it first if it is still new).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,16 @@ class Nics(Part):
         if self._slots:
             return [slot.device for slot in self._slots]
         return [cmdline.nic_id(i) for i in range(self._nic_count or len(self._given_nics))]
+
+    @contextlib.contextmanager
+    def held_back(self) -> Iterator[list[VirtualNic | None]]:
+        """Launch without the NICs given at construction; yields what to :meth:`add` instead."""
+        count, given = self._nic_count, self._given_nics
+        self._nic_count, self._given_nics, self.nics = 0, [], []
+        try:
+            yield list(given) or [None] * count
+        finally:
+            self._nic_count, self._given_nics = count, given
 
     # -- launch -------------------------------------------------------------------
     def prepare(self, launch: Launch) -> None:

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
         MigrationResult,
         ProgressCallback,
     )
+    from vmanager.machine.template import TemplateInfo
     from vmanager.net import VirtualNic
     from vmanager.qemu.chardev import ExecResult
     from vmanager.storage import CD, Harddrive, SnapshotInfo
@@ -319,6 +320,19 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
         from vmanager.machine import migration
         return migration.save(self, Path(path), keep_running=keep_running,  # type: ignore[arg-type]
                               progress=progress, timeout=timeout)
+
+    def save_template(self, directory: str | os.PathLike[str], *,
+                      timeout: float = 600.0) -> TemplateInfo:
+        """Save this running machine as a template in the new ``directory``, and end it.
+
+        The machine must have been started with ``template_source=True`` and hold
+        no NICs or writable disks. ``Machine(..., template=directory)`` then makes
+        clones that resume its guest as it is now (see
+        :mod:`vmanager.machine.template`). On failure the directory is removed and
+        the machine keeps running.
+        """
+        from vmanager.machine import template
+        return template.save(self, directory, timeout=timeout)  # type: ignore[arg-type]
 
     def restore_state(self, path: str | os.PathLike[str], *, timeout: float = 600.0) -> None:
         """Start this (stopped) machine from a file written by :meth:`save_state`.

@@ -13,6 +13,7 @@ the argv and the QMP calls can never disagree.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,8 @@ AGENT_ID = "qga0"
 AGENT_DEVICE = "qga0-port"
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 BALLOON_ID = "balloon0"
+#: the memory backend of guest RAM kept in a file (templates)
+RAM_BACKEND_ID = "vm.ram"
 TABLET_ID = "vm-tablet"
 XHCI_ID = "vm-xhci"
 #: The whole-machine snapshot state disk's node (never a guest device).
@@ -162,6 +165,10 @@ class MachineSpec:
     memory_slots: int = 8
     max_memory: int | None = None
     balloon: bool = True
+    #: guest RAM in this file (``memory-backend-file``) instead of anonymous memory
+    ram_file: str | None = None
+    #: the file is shared (``share=on``: writes reach it) or a private copy-on-write map
+    ram_shared: bool = False
     incoming: bool = False
     nics: tuple[NicSpec, ...] = ()
     #: the listening socket of the guest agent's channel, or ``None`` for none
@@ -187,6 +194,8 @@ def build(spec: MachineSpec) -> list[str]:
         serial_log = f"/dev/fdset/{SERIAL_LOG_FDSET}"
     else:
         fdset, serial_log = [], s.serial_log
+    if spec.ram_file is not None:
+        machine[1] += f",memory-backend={RAM_BACKEND_ID}"
     argv = [spec.qemu, "-name", f"{spec.name},debug-threads=on", *machine,
             "-cpu", spec.cpu_model or ("host" if spec.accel == "kvm" else "max"),
             "-smp", str(spec.cpus), "-m", str(spec.memory),
@@ -226,6 +235,7 @@ def build(spec: MachineSpec) -> list[str]:
     # Options of one -m merge, so this adds hot-plug room to "-m size".
     max_memory = spec.max_memory if spec.max_memory is not None else spec.memory
     argv += ["-m", f"slots={spec.memory_slots},maxmem={max_memory}M"]
+    argv += ram_backend_args(spec.ram_file, spec.memory, shared=spec.ram_shared)
     if spec.balloon:
         argv += ["-device", f"virtio-balloon-pci,id={BALLOON_ID},free-page-reporting=on"]
     if spec.incoming:
@@ -234,6 +244,17 @@ def build(spec: MachineSpec) -> list[str]:
     if microvm.is_microvm(spec.machine_type):
         argv = microvm.adapt(argv)
     return argv + list(spec.extra_args)
+
+
+def ram_backend_args(path: str | None, mib: int, *, shared: bool) -> list[str]:
+    """Guest RAM in a file: ``share=on`` writes reach the file, ``off`` maps it copy-on-write.
+
+    JSON, so that any file name needs no escaping.
+    """
+    if path is None:
+        return []
+    return ["-object", json.dumps({"qom-type": "memory-backend-file", "id": RAM_BACKEND_ID,
+                                   "size": mib << 20, "mem-path": path, "share": shared})]
 
 
 def firmware_args(code: str | None, nvram: str | None) -> tuple[list[str], str]:

@@ -73,6 +73,10 @@ def machine_kwargs(name: str, definition: Mapping[str, Any], *,
     guest = definition.get("guest")
     if guest is not None and guest != "tiny":
         disks.append(_image_overlay(name, str(guest), create=not for_attach))
+    if definition.get("template_source") is True:
+        kw["template_source"] = True
+    if definition.get("template") and not for_attach:  # a running clone needs no template
+        kw["template"] = definition["template"]
     if definition.get("guest_agent") is False:
         kw["guest_agent"] = False
     if definition.get("cloud_init") and not for_attach:

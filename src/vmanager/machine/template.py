@@ -1,0 +1,324 @@
+"""Machine templates: clones that map one saved guest's RAM (``m.template``).
+
+A template is a directory holding a booted guest's RAM as a file (``ram``), its
+device state without the RAM (``state``: a migration stream saved with QEMU's
+``x-ignore-shared``) and ``template.json``. It is made from a machine started
+with ``template_source=True``, whose RAM is a shared file in its run directory:
+``m.save_template(directory)`` pauses it, saves the device state, moves the RAM
+file into the directory and ends it.
+
+A machine made with ``template=directory`` starts by mapping that RAM file
+copy-on-write (``memory-backend-file`` with ``share=off``) and loading the device
+state: its guest resumes where the template's stopped, in milliseconds. Pages
+the clone only reads stay the page cache's, shared by every clone, so an idle
+clone's QEMU holds little more than what it wrote since (Kata Containers' "VM
+templating" and Firecracker's snapshot restore work the same way).
+
+What a clone shares with its template, and the rules that follow:
+
+* **Everything in the guest's memory**: its host name, clock, random state and
+  addresses. Give each clone its identity after the start (through the shell or
+  agent). A template cannot hold NICs (every clone would use their MAC
+  addresses); a clone's NICs are hot-plugged once its state has loaded.
+* **Devices**: a clone needs exactly the template's devices and memory; a clone
+  that differs gets a :class:`ConfigError` naming what, before anything loads.
+* **No balloon** in either: discarding RAM of a file-backed guest punches holes in
+  the file itself, which every clone maps (QEMU 7.2 does so even for a private
+  mapping).
+* **No writable disks** in a template: the clones would share one disk's state.
+* The RAM file must not change while clones use it: vmanager only ever reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vmanager import paths, validate
+from vmanager.errors import ConfigError, NotFoundError
+from vmanager.machine.base import State
+from vmanager.machine.part import MachineView, Part
+
+if TYPE_CHECKING:
+    from vmanager.machine.machine import Machine
+    from vmanager.qemu.cmdline import MachineSpec
+
+MANIFEST = "template.json"
+RAM_FILE = "ram"
+STATE_FILE = "state"
+FORMAT = 1
+#: A manifest larger than this is not one of ours.
+MANIFEST_MAX = 64 << 10
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    """A saved template: where, how much RAM (MiB), and the devices a clone must have."""
+
+    path: Path
+    memory: int
+    machine_type: str
+    devices: dict[str, str]
+    source: str
+    #: whether the guest ran when saved (its clones resume it) or was frozen
+    running: bool = True
+
+    @property
+    def ram(self) -> Path:
+        """The guest's RAM, mapped copy-on-write by every clone."""
+        return self.path / RAM_FILE
+
+    @property
+    def state(self) -> Path:
+        """The device state (a migration stream without RAM)."""
+        return self.path / STATE_FILE
+
+
+def load(directory: str | os.PathLike[str]) -> TemplateInfo:
+    """Read and check the template in ``directory``.
+
+    Raises:
+        NotFoundError: no template there.
+        ConfigError: the directory or its files are not a template of this user's.
+    """
+    path = Path(os.path.abspath(validate.path(directory, what="template")))
+    manifest = path / MANIFEST
+    if not manifest.is_file():
+        raise NotFoundError(f"template {str(path)!r} has no {MANIFEST} "
+                            "(make one with Machine.save_template)")
+    why = paths.trusted_path(path)
+    if why is not None:
+        raise ConfigError(f"template {str(path)!r} cannot be trusted: {why}")
+    for name in (MANIFEST, RAM_FILE, STATE_FILE):
+        _check_file(path / name)
+    raw = manifest.read_bytes()[:MANIFEST_MAX + 1]
+    try:
+        data = json.loads(raw) if len(raw) <= MANIFEST_MAX else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    info = _parse(path, data)
+    if info is None:
+        raise ConfigError(f"{manifest} is not a vmanager template manifest (format {FORMAT})")
+    if (path / RAM_FILE).stat().st_size != info.memory << 20:
+        raise ConfigError(f"template {str(path)!r}: its RAM file is not {info.memory} MiB")
+    return info
+
+
+def _parse(path: Path, data: object) -> TemplateInfo | None:
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    memory, devices, kind = data.get("memory"), data.get("devices"), data.get("machine_type")
+    if isinstance(memory, bool) or not isinstance(memory, int) or not isinstance(kind, str):
+        return None
+    if not isinstance(devices, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in devices.items()):
+        return None
+    return TemplateInfo(path=path, memory=memory, machine_type=kind, devices=dict(devices),
+                        source=str(data.get("source", "")),
+                        running=data.get("running") is not False)
+
+
+def _check_file(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"template file {path} is missing") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"template file {path} is not a regular file")
+    if st.st_uid != os.geteuid():
+        raise ConfigError(f"template file {path} belongs to uid {st.st_uid}, not to this user")
+
+
+class Templating(Part):
+    """Whether this machine's RAM is a template's source file, or a clone's mapping."""
+
+    key = "template"
+
+    def __init__(self, vm: MachineView, *, source: bool,
+                 template: str | os.PathLike[str] | None, memory: int) -> None:
+        self._vm = vm
+        if not isinstance(source, bool):
+            raise ConfigError(f"template_source must be True or False, got {source!r}")
+        self.source = source
+        #: the template this machine is a clone of (``None``: it boots)
+        self.info: TemplateInfo | None = None
+        if template is not None:
+            if source:
+                raise ConfigError("a machine cannot be both a template's source "
+                                  "(template_source=True) and a clone (template=)")
+            self.info = load(template)
+            if self.info.memory != memory:
+                raise ConfigError(f"machine {vm.name!r} has memory {memory} MiB but template "
+                                  f"{str(self.info.path)!r} was saved with {self.info.memory} "
+                                  "MiB; a clone needs the template's memory")
+
+    @property
+    def ram_file(self) -> Path | None:
+        """The file holding the guest's RAM, or ``None`` for anonymous memory."""
+        if self.info is not None:
+            return self.info.ram
+        return self._vm.run_dir / RAM_FILE if self.source else None
+
+    def contribute(self, spec: MachineSpec) -> MachineSpec:
+        """File-backed RAM (shared for a source, copy-on-write for a clone), no balloon."""
+        ram = self.ram_file
+        if ram is None:
+            return spec
+        return replace(spec, ram_file=str(ram), ram_shared=self.source, balloon=False)
+
+    def runtime(self) -> dict[str, Any]:
+        """Which template a running clone maps (informative)."""
+        return {"source": self.source,
+                "template": str(self.info.path) if self.info is not None else None}
+
+    def check_clone(self, devices: dict[str, str]) -> None:
+        """Refuse a clone whose devices differ from its template's (QEMU not yet loaded)."""
+        info = self.info
+        assert info is not None
+        want = info.devices
+        missing = sorted(f"{k} ({v})" for k, v in want.items() if k not in devices)
+        extra = sorted(f"{k} ({v})" for k, v in devices.items() if k not in want)
+        differ = sorted(f"{k} ({want[k]} vs {devices[k]})"
+                        for k in want.keys() & devices.keys() if want[k] != devices[k])
+        problems = ([f"it lacks {', '.join(missing)}"] if missing else []) + \
+                   ([f"it has extra {', '.join(extra)}"] if extra else []) + \
+                   ([f"devices differ: {', '.join(differ)}"] if differ else [])
+        if problems:
+            raise ConfigError(f"machine {self._vm.name!r} cannot be a clone of template "
+                              f"{str(info.path)!r}: " + "; ".join(problems))
+
+
+def write(directory: Path, *, ram: Path, memory: int, machine_type: str,
+          devices: dict[str, str], source: str, running: bool) -> TemplateInfo:
+    """Move or copy ``ram`` into ``directory`` (state already there) and write the manifest."""
+    target = directory / RAM_FILE
+    try:
+        os.link(ram, target)
+    except OSError:
+        copy_sparse(ram, target)
+    os.chmod(target, 0o600)
+    data = {"format": FORMAT, "memory": memory, "machine_type": machine_type,
+            "devices": devices, "source": source, "running": running}
+    tmp = directory / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, directory / MANIFEST)
+    return load(directory)
+
+
+def copy_sparse(src: Path, dst: Path) -> None:
+    """Copy ``src`` to a new file ``dst``, leaving its holes holes (a guest's RAM is mostly)."""
+    with open(src, "rb") as fin, open(dst, "xb") as fout:
+        size = os.fstat(fin.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fin.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fin.fileno(), start, os.SEEK_HOLE)
+            fin.seek(start)
+            fout.seek(start)
+            remaining = end - start
+            while remaining:
+                chunk = fin.read(min(remaining, 8 << 20))
+                if not chunk:
+                    break
+                fout.write(chunk)
+                remaining -= len(chunk)
+            offset = end
+        fout.truncate(size)
+
+
+def make_directory(directory: str | os.PathLike[str]) -> Path:
+    """Create the template's directory (it must not exist: vmanager adopts nothing)."""
+    path = Path(os.path.abspath(validate.path(directory, what="template directory")))
+    why = paths.trusted_path(path.parent)
+    if why is not None:
+        raise ConfigError(f"cannot save a template in {str(path)!r}: {why}")
+    try:
+        path.mkdir(mode=0o755)
+    except FileExistsError:
+        raise ConfigError(f"template directory {str(path)!r} exists already; "
+                          "give a new path (vmanager does not overwrite it)") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create template directory {str(path)!r}: "
+                          f"{exc.strerror}") from exc
+    return path
+
+
+def remove_directory(path: Path) -> None:
+    """Remove a template directory this save created (its save failed)."""
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def require_source(vm: MachineView, source: bool, *, writable_disks: list[str],
+                   nics: int) -> None:
+    """A machine that can be saved as a template now, or a clear error."""
+    vm.require(State.RUNNING, State.PAUSED, action="save a template")
+    if not source:
+        raise ConfigError(f"machine {vm.name!r} keeps its RAM in anonymous memory; start it "
+                          "with template_source=True to save it as a template")
+    if writable_disks:
+        raise ConfigError(f"machine {vm.name!r} has writable disks "
+                          f"({', '.join(writable_disks)}); a template cannot hold them "
+                          "(its clones would share one disk's state)")
+    if nics:
+        raise ConfigError(f"machine {vm.name!r} has {nics} NIC(s); a template cannot hold "
+                          "NICs (every clone would use their MAC addresses): give the "
+                          "clones NICs instead, hot-plugged after their state loads")
+
+
+# -- what Machine.save_template and a clone's start_vm do ------------------------------------
+def save(m: Machine, directory: str | os.PathLike[str], *, timeout: float) -> TemplateInfo:
+    """See :meth:`Machine.save_template`."""
+    from vmanager.machine import migration
+    require_source(m.template._vm, m.template.source, nics=len(m.network.nics),
+                   writable_disks=[str(d.path) for d in m.harddrives if not d.readonly])
+    ram = m.template.ram_file
+    assert ram is not None
+    path = make_directory(directory)
+    was_running = m.state == State.RUNNING
+    try:
+        if was_running:
+            m.freeze()  # the RAM file must not change after the device state is saved
+        devices = migration.device_map(m)
+        migration.save(m, path / STATE_FILE, keep_running=True,
+                       progress=None, timeout=timeout, ignore_shared=True)
+        info = write(path, ram=ram, memory=m.memory, machine_type=m.machine_type,
+                     devices=devices, source=m.name, running=was_running)
+    except BaseException:
+        remove_directory(path)
+        if was_running and m.is_alive():
+            m.unfreeze()
+        raise
+    m.kill()  # the guest lives on in the template; its own run ends here
+    m.log.info("saved template %s", path)
+    return info
+
+
+def start_clone(m: Machine, *, timeout: float) -> None:
+    """Start clone ``m`` from its template: map the RAM, load the state, plug its NICs."""
+    from vmanager.machine import migration
+    info = m.template.info
+    assert info is not None
+
+    def check() -> None:
+        m.template.check_clone(migration.device_map(m))
+
+    with m.network.held_back() as nics:
+        migration.restore(m, info.state, timeout=max(timeout, 60.0),
+                          ignore_shared=True, check=check)
+        try:
+            if info.running:
+                m.unfreeze()  # frozen for the save, not by its user
+            for nic in nics:
+                m.network.add(nic)
+        except BaseException:
+            m.kill()
+            raise
+    m.log.info("started from template %s", info.path)
