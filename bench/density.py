@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import os
 import statistics
+import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -43,13 +45,12 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def fifty_machines(ctx: Context) -> list[Row]:
-    machines = [Machine(f"bench-d{i}", **ctx.machine_args(f"bench-d{i}"))
-                for i in range(COUNT)]
+def _idle_figures(machines: list[Machine], start_all: Callable[[ThreadPoolExecutor], float]
+                  ) -> tuple[list[dict[str, int]], list[float], float, float]:
+    """Start ``machines``, wait for every shell, idle; smaps rollups, idle CPU %, times."""
     try:
         with timer() as t_all, ThreadPoolExecutor(8) as pool:
-            list(pool.map(lambda m: m.start_vm(timeout=120), machines))
-            started = t_all()
+            started = start_all(pool)
             list(pool.map(lambda m: m.wait_ready(timeout=900), machines))
         all_ready = t_all()
         time.sleep(SETTLE_S)
@@ -65,22 +66,78 @@ def fifty_machines(ctx: Context) -> list[Row]:
     finally:
         with ThreadPoolExecutor(8) as pool:
             list(pool.map(lambda m: m.kill(), machines))
+    return rollups, cpu, started, all_ready
+
+
+def _row(ctx: Context, name: str, memory: int, rollups: list[dict[str, int]],
+         cpu: list[float]) -> Row:
     rss = [r["Rss"] / 1024 for r in rollups]
-    pss = [r["Pss"] / 1024 for r in rollups]
-    anon = [r["Anonymous"] / 1024 for r in rollups]
     if not ctx.plain_rss:
-        ctx.plain_rss.append(_plain_boot(ctx, machines[0].memory)[1])
-    row = Row(f"{COUNT} machines, RSS per idle machine", "MiB",
-              baseline_name="one plain -M pc guest, idle", goal=f"<= {GOAL_MIB} MiB each")
+        ctx.plain_rss.append(_plain_boot(ctx, memory)[1])
+    row = Row(name, "MiB", baseline_name="one plain -M pc guest, idle",
+              goal=f"<= {GOAL_MIB} MiB each")
     row.value = Stats.of(rss)
     row.baseline = Stats.of(ctx.plain_rss)
     row.ratio = Stats.of([x / row.baseline.median for x in rss])
     row.met = max(rss) <= GOAL_MIB
+    row.extra = {"pss_mib": [r["Pss"] / 1024 for r in rollups],
+                 "anon_mib": [r["Anonymous"] / 1024 for r in rollups],
+                 "idle_cpu_percent": cpu, "memory_mib": memory}
+    return row
+
+
+def _figures(row: Row, cpu: list[float]) -> str:
+    pss, anon = row.extra["pss_mib"], row.extra["anon_mib"]
+    return (f"per machine Pss {statistics.median(pss):.0f} MiB (shared pages divided), "
+            f"anonymous {statistics.median(anon):.0f} MiB; idle CPU "
+            f"{statistics.median(cpu):.1f}% each, {sum(cpu):.0f}% for all; memory "
+            f"{row.extra['memory_mib']} MiB each")
+
+
+def fifty_machines(ctx: Context) -> list[Row]:
+    machines = [Machine(f"bench-d{i}", **ctx.machine_args(f"bench-d{i}"))
+                for i in range(COUNT)]
+
+    def start_all(pool: ThreadPoolExecutor) -> float:
+        with timer() as t:
+            list(pool.map(lambda m: m.start_vm(timeout=120), machines))
+        return t()
+
+    rollups, cpu, started, all_ready = _idle_figures(machines, start_all)
+    row = _row(ctx, f"{COUNT} machines, RSS per idle machine", machines[0].memory, rollups, cpu)
     row.note = (f"all {COUNT} shells answered {all_ready:.0f} s after the first start "
-                f"(all started after {started:.1f} s); per machine Pss "
-                f"{statistics.median(pss):.0f} MiB (shared pages divided), anonymous "
-                f"{statistics.median(anon):.0f} MiB; idle CPU {statistics.median(cpu):.1f}% "
-                f"each, {sum(cpu):.0f}% for all; memory {machines[0].memory} MiB each")
-    row.extra = {"pss_mib": pss, "anon_mib": anon, "idle_cpu_percent": cpu,
-                 "all_ready_s": all_ready, "memory_mib": machines[0].memory}
+                f"(all started after {started:.1f} s); " + _figures(row, cpu))
+    row.extra["all_ready_s"] = all_ready
+    return [row]
+
+
+def fifty_clones(ctx: Context) -> list[Row]:
+    """50 clones of one template (booted once, saved), started together."""
+    with tempfile.TemporaryDirectory(prefix="bench-template-") as tmp:
+        directory = Path(tmp) / "t"
+        source = Machine("bench-tsrc", template_source=True,
+                         **ctx.machine_args("bench-tsrc"))
+        try:
+            with timer() as t_source:
+                source.start_vm(timeout=120)
+                source.wait_ready(timeout=300)
+                source.save_template(directory)
+            made = t_source()
+        finally:
+            source.kill()
+        machines = [Machine(f"bench-c{i}", template=directory,
+                            **ctx.machine_args(f"bench-c{i}")) for i in range(COUNT)]
+
+        def start_all(pool: ThreadPoolExecutor) -> float:
+            with timer() as t:
+                list(pool.map(lambda m: m.start_vm(timeout=120), machines))
+            return t()
+
+        rollups, cpu, started, all_ready = _idle_figures(machines, start_all)
+    row = _row(ctx, f"{COUNT} machines from a template, RSS per idle machine",
+               machines[0].memory, rollups, cpu)
+    row.note = (f"the template: one boot and save, {made:.1f} s; all {COUNT} clones started "
+                f"and their shells answered {all_ready:.1f} s after the first start; "
+                + _figures(row, cpu))
+    row.extra.update({"all_ready_s": all_ready, "template_s": made, "started_s": started})
     return [row]

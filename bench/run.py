@@ -63,6 +63,7 @@ def _benchmarks() -> dict[str, tuple[str, Bench]]:
         "migrate": ("migration", migration.migration),
         "labrollback": ("lab rollback vs cold up", labrollback.lab_rollback),
         "density": ("50 machines", density.fifty_machines),
+        "density-template": ("50 machines from a template", density.fifty_clones),
         "console": ("console throughput", console.console_throughput),
         "multihost": ("labs across servers", multihost.multihost),
         "realos": ("Debian 12: boot to agent, ACPI power-off", realos.boot_and_poweroff),

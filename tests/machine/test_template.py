@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 from pyroute2 import NetNS
-from vmtest_util import unique_name
 
 from vmanager import Machine
 from vmanager.errors import ConfigError, NotFoundError, StateError
 from vmanager.guests.tiny import TinyGuest
+from vmtest_util import unique_name
 
 pytestmark = pytest.mark.guest
 
@@ -114,7 +114,7 @@ def test_a_clone_with_other_devices_is_refused_before_anything_loads(
 
 def test_bad_templates_and_sources_get_clear_errors(
         tiny: TinyGuest, template: Path, tmp_path: Path, make_machine: Any) -> None:
-    with pytest.raises(NotFoundError, match="template.json"):
+    with pytest.raises(NotFoundError, match=r"template\.json"):
         _clone(tiny, tmp_path)
     with pytest.raises(ConfigError, match="512 MiB"):
         _clone(tiny, template, memory=512)

@@ -216,3 +216,35 @@ def test_guest_agent_port_on_the_virtio_serial_bus() -> None:
     assert ("virtserialport,bus=vser0.0,chardev=qga0,name=org.qemu.guest_agent.0,"
             "id=qga0-port") in _opt(argv, "-device")
     assert not any("qga0" in a for a in cmdline.build(BASE))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_ram_in_a_file_is_a_json_memory_backend_the_machine_uses(shared: bool) -> None:
+    path = "/srv/t,1/ram"  # a comma would need escaping in QEMU's key=value syntax
+    for spec in (replace(BASE, ram_file=path, ram_shared=shared, memory=128),
+                 replace(BASE, ram_file=path, ram_shared=shared, memory=128, tcg_tb_size=16)):
+        argv = cmdline.build(spec)
+        assert _opt(argv, "-machine")[0].endswith(",memory-backend=vm.ram")
+        backends = [json.loads(v) for v in _opt(argv, "-object")]
+        assert backends == [{"qom-type": "memory-backend-file", "id": "vm.ram",
+                             "size": 128 << 20, "mem-path": path, "share": shared}]
+    plain = cmdline.build(BASE)
+    assert "-object" not in plain and "memory-backend" not in " ".join(plain)
+
+
+def test_template_part_gives_file_ram_and_no_balloon(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from vmanager.machine.template import Templating
+
+    class View:
+        name = "src"
+        run_dir = Path("/run/vmanager/machines/src")
+
+    part = Templating(View(), source=True, template=None, memory=256)  # type: ignore[arg-type]
+    spec = part.contribute(BASE)
+    assert spec.ram_file == "/run/vmanager/machines/src/ram" and spec.ram_shared
+    assert not spec.balloon
+    assert not any(a.startswith("virtio-balloon") for a in cmdline.build(spec))
+    assert Templating(View(), source=False, template=None,  # type: ignore[arg-type]
+                      memory=256).contribute(BASE) == BASE
