@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from vmanager import state
+from vmanager.cli import templates
 from vmanager.cli._output import say
 from vmanager.errors import ConfigError, StateError
 from vmanager.state import records
@@ -63,6 +64,7 @@ def cmd_define(args: argparse.Namespace) -> int:
                           append=args.append)
     elif not definition["disks"] and not definition["cd"]:
         raise ConfigError("nothing to boot: give --guest, --kernel, --disk or --cd")
+    templates.apply_define(args, definition)
     if args.cloud_init:
         definition["cloud_init"] = _cloud_init_file(args.cloud_init)
     record = records.MachineRecord(args.name, definition=definition, persistent=True)
@@ -111,7 +113,8 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
     boot.add_argument("--kernel", help="boot this kernel directly")
     p.add_argument("--initrd")
     p.add_argument("--append", help="kernel command line")
-    p.add_argument("--memory", default=256, help="RAM, MiB or with a unit (default 256)")
+    p.add_argument("--memory", help="RAM, MiB or with a unit (default 256, or a "
+                   "template's)")
     p.add_argument("--cpus", type=int, default=1)
     p.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto")
     p.add_argument("--firmware", choices=("bios", "uefi"), default="bios",
@@ -126,6 +129,7 @@ def add_parsers(add: Callable[..., argparse.ArgumentParser]) -> None:
                    help="a cloud-init seed for the machine: a TOML (or .json) file with "
                    "the keys of a lab's cloud_init table (hostname, users, password, "
                    "ssh_authorized_keys, runcmd, packages, network_config)")
+    templates.define_options(p)
     p.add_argument("--force", action="store_true", help="replace an existing definition")
     p = add("undefine", cmd_undefine, "forget a stopped machine's definition")
     p.add_argument("name")

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from vmanager import state
-from vmanager.cli import console, definitions
+from vmanager.cli import console, definitions, templates
 from vmanager.cli._output import Progress, emit_json, say, table
 from vmanager.errors import ConfigError, ShutdownTimeout, StateError
 from vmanager.state import records
@@ -221,6 +221,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = add("list", cmd_list, "list machines and their state (stale records included)",
             aliases=("ls",))
     definitions.add_parsers(add)
+    templates.add_parsers(add)
     p = add("start", cmd_start, "start a defined (or lab) machine; it keeps running after "
             "this command exits", timeout=120.0)
     p.add_argument("name")
