@@ -169,3 +169,18 @@ def test_the_template_file_of_another_user_is_refused(tiny: TinyGuest, template:
     os.chown(other / "state", 65534, 65534)
     with pytest.raises(ConfigError, match="uid 65534"):
         _clone(tiny, other)
+
+
+def test_a_clone_whose_state_does_not_load_leaves_nothing(tiny: TinyGuest, template: Path,
+                                                          tmp_path: Path) -> None:
+    from vmanager.errors import QemuError
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for p in template.iterdir():
+        (bad / p.name).write_bytes(p.read_bytes())
+    state = (bad / "state").read_bytes()
+    (bad / "state").write_bytes(state[:len(state) // 2])  # cut short
+    m = _clone(tiny, bad)
+    with pytest.raises(QemuError, match="restoring state"):
+        m.start_vm()
+    assert m.pid is None and not m.run_dir.exists()
