@@ -184,3 +184,41 @@ def test_a_clone_whose_state_does_not_load_leaves_nothing(tiny: TinyGuest, templ
     with pytest.raises(QemuError, match="restoring state"):
         m.start_vm()
     assert m.pid is None and not m.run_dir.exists()
+
+
+def _read_disk(m: Machine, length: int) -> str:
+    """What the clone's disk holds: read past the guest's own cache."""
+    return m.succeed(f"echo 3 > /proc/sys/vm/drop_caches; head -c {length} /dev/vda",
+                     timeout=30)
+
+
+def test_a_template_copies_writable_disks_and_clones_run_on_overlays(
+        tiny: TinyGuest, tmp_path: Path) -> None:
+    from vmanager import Harddrive
+    from vmanager.storage import qemu_img
+    own = tmp_path / "source.qcow2"
+    disk = Harddrive(own, size="16M")
+    disk.create()
+    name = unique_name("dsrc")
+    with Machine(name, **tiny.machine_args(name), memory=256, template_source=True,
+                 harddrives=disk) as source:
+        source.start_vm()
+        source.wait_ready(120)
+        source.succeed("printf template-disk | dd of=/dev/vda conv=fsync 2>/dev/null")
+        source.save_template(tmp_path / "t")
+    copy = tmp_path / "t" / "disk0.qcow2"
+    info = qemu_img.run_json(["info", "--output=json", "-U", str(copy)])
+    assert info["format"] == "qcow2" and "backing-filename" not in info  # flattened
+    before, source_disk = _sha256(copy), _sha256(own)
+    with _clone(tiny, tmp_path / "t") as a, _clone(tiny, tmp_path / "t") as b:
+        a.start_vm()
+        b.start_vm()
+        overlay = a.run_dir / "disk0.qcow2"
+        chain = qemu_img.run_json(["info", "--output=json", "-U", str(overlay)])
+        assert chain["full-backing-filename"] == str(copy)
+        assert _read_disk(a, 13) == "template-disk"
+        a.succeed("printf clone-a-disk! | dd of=/dev/vda conv=fsync 2>/dev/null")
+        assert _read_disk(a, 13) == "clone-a-disk!"
+        assert _read_disk(b, 13) == "template-disk"
+    assert not overlay.exists()  # a clone's overlay goes with its run
+    assert _sha256(copy) == before and _sha256(own) == source_disk

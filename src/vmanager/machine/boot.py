@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from vmanager.errors import NotFoundError, QemuError, QMPError, StateError
 from vmanager.machine.base import State
 from vmanager.machine.part import MachineView, Part
+from vmanager.qemu import cmdline
 from vmanager.qemu.qmp import map_qmp_errors
 
 if TYPE_CHECKING:
@@ -63,8 +64,9 @@ class BootOrder(Part):
         def index(dev: str) -> int | None:
             return order.index(dev) + 1 if dev in order else None
 
-        disks = tuple(replace(d, bootindex=index(dev))
-                      for d, dev in zip(spec.disks, self._disks.device_ids(), strict=True))
+        # by position: a clone's disks from its template follow the machine's own
+        disks = tuple(replace(d, bootindex=index(cmdline.disk_id(i)))
+                      for i, d in enumerate(spec.disks))
         cd = replace(spec.cd, bootindex=index("cd0")) if spec.cd is not None else None
         return replace(spec, disks=disks, cd=cd)
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from vmanager import logkeeper, paths, validate
 from vmanager.errors import ConfigError, StateError
 from vmanager.logkeeper import LogKeeper
-from vmanager.machine import definition, process, reattach, start, template
+from vmanager.machine import cloning, definition, process, reattach, start
 from vmanager.machine import recorder as recording
 from vmanager.machine.agent import AgentChannel, GuestCommands
 from vmanager.machine.base import State
@@ -158,7 +158,8 @@ class Machine(SeedVerbs):
         self.ram = Memory(view, memory)
         """RAM: DIMM hot-plug, the balloon, memory dumps."""
         self.template = Templating(view, source=template_source, template=template,
-                                   memory=self.ram.size)
+                                   memory=self.ram.size,
+                                   own_disks=lambda: len(self.disks.harddrives))
         """File-backed RAM: a template's source, or a clone of a template."""
         self.screen = Screen(view)
         """The display: screenshots, waits for text or images, VNC."""
@@ -240,7 +241,7 @@ class Machine(SeedVerbs):
         exits or does not answer; nothing is left behind on failure.
         """
         if self.template.info is not None and not self.migration.incoming:
-            template.start_clone(self, timeout=timeout)
+            cloning.start_clone(self, timeout=timeout)
         else:
             start.start(self, timeout=timeout)
 

@@ -25,7 +25,11 @@ What a clone shares with its template, and the rules that follow:
 * **No balloon** in either: discarding RAM of a file-backed guest punches holes in
   the file itself, which every clone maps (QEMU 7.2 does so even for a private
   mapping).
-* **No writable disks** in a template: the clones would share one disk's state.
+* **Disks**: each writable disk of the source is copied into the template,
+  flattened, as it was when the state was saved; a clone given no disks runs on
+  an overlay of each copy in its run directory (gone when it stops). A clone may
+  instead be given its own disks (e.g. lasting overlays of the copies). A
+  read-only disk is not copied: clones use the same image.
 * The RAM file must not change while clones use it: vmanager only ever reads it.
 """
 
@@ -33,19 +37,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, NotFoundError
-from vmanager.machine.base import State
-from vmanager.machine.part import MachineView, Part
+from vmanager.machine.part import Launch, MachineView, Part
+from vmanager.qemu.blockdev import Layer
+from vmanager.qemu.cmdline import DiskSpec
 
 if TYPE_CHECKING:
-    from vmanager.machine.machine import Machine
     from vmanager.qemu.cmdline import MachineSpec
 
 MANIFEST = "template.json"
@@ -54,6 +58,24 @@ STATE_FILE = "state"
 FORMAT = 1
 #: A manifest larger than this is not one of ours.
 MANIFEST_MAX = 64 << 10
+DISK_FORMATS = ("qcow2", "raw")
+
+
+@dataclass(frozen=True)
+class TemplateDisk:
+    """A disk of the template: a copy in its directory (``file``), or a read-only disk."""
+
+    interface: str
+    #: the copy's name in the template directory (writable disks; clones get overlays)
+    file: str | None = None
+    #: a read-only disk's own image, used by every clone as it is
+    path: str | None = None
+    format: str = "qcow2"
+
+    def to_json(self) -> dict[str, str | None]:
+        """The manifest's entry."""
+        return {"interface": self.interface, "file": self.file, "path": self.path,
+                "format": self.format}
 
 
 @dataclass(frozen=True)
@@ -67,6 +89,7 @@ class TemplateInfo:
     source: str
     #: whether the guest ran when saved (its clones resume it) or was frozen
     running: bool = True
+    disks: tuple[TemplateDisk, ...] = ()
 
     @property
     def ram(self) -> Path:
@@ -106,6 +129,9 @@ def load(directory: str | os.PathLike[str]) -> TemplateInfo:
         raise ConfigError(f"{manifest} is not a vmanager template manifest (format {FORMAT})")
     if (path / RAM_FILE).stat().st_size != info.memory << 20:
         raise ConfigError(f"template {str(path)!r}: its RAM file is not {info.memory} MiB")
+    for disk in info.disks:
+        if disk.file is not None:
+            _check_file(path / disk.file)
     return info
 
 
@@ -118,9 +144,37 @@ def _parse(path: Path, data: object) -> TemplateInfo | None:
     if not isinstance(devices, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in devices.items()):
         return None
+    disks = _parse_disks(data.get("disks", []))
+    if disks is None:
+        return None
     return TemplateInfo(path=path, memory=memory, machine_type=kind, devices=dict(devices),
                         source=str(data.get("source", "")),
-                        running=data.get("running") is not False)
+                        running=data.get("running") is not False, disks=disks)
+
+
+def _parse_disks(raw: object) -> tuple[TemplateDisk, ...] | None:
+    if not isinstance(raw, list) or len(raw) > 64:
+        return None
+    disks = []
+    for index, entry in enumerate(raw):
+        if not isinstance(entry, dict):
+            return None
+        interface, file, path, fmt = (entry.get(k) for k in ("interface", "file", "path",
+                                                              "format"))
+        if not isinstance(interface, str) or fmt not in DISK_FORMATS:
+            return None
+        if file is not None and file != disk_file(index):
+            return None
+        if (file is None) == (path is None) or (path is not None and (
+                not isinstance(path, str) or not os.path.isabs(path))):
+            return None
+        disks.append(TemplateDisk(interface=interface, file=file, path=path, format=fmt))
+    return tuple(disks)
+
+
+def disk_file(index: int) -> str:
+    """The name of the template's copy of its ``index``-th disk."""
+    return f"disk{index}.qcow2"
 
 
 def _check_file(path: Path) -> None:
@@ -140,8 +194,11 @@ class Templating(Part):
     key = "template"
 
     def __init__(self, vm: MachineView, *, source: bool,
-                 template: str | os.PathLike[str] | None, memory: int) -> None:
+                 template: str | os.PathLike[str] | None, memory: int,
+                 own_disks: Callable[[], int] = lambda: 0) -> None:
         self._vm = vm
+        self._own_disks = own_disks
+        self._disks: tuple[DiskSpec, ...] = ()
         if not isinstance(source, bool):
             raise ConfigError(f"template_source must be True or False, got {source!r}")
         self.source = source
@@ -164,12 +221,35 @@ class Templating(Part):
             return self.info.ram
         return self._vm.run_dir / RAM_FILE if self.source else None
 
+    def prepare(self, launch: Launch) -> None:
+        """A clone given no disks gets the template's: an overlay of each copy, in its run dir."""
+        self._disks = ()
+        info = self.info
+        if info is None or not info.disks or self._own_disks():
+            return
+        from vmanager.storage import qemu_img
+        specs = []
+        for index, disk in enumerate(info.disks):
+            if disk.file is None:
+                assert disk.path is not None
+                layers: tuple[Layer, ...] = (Layer(disk.path, disk.format),)
+            else:
+                overlay = launch.run_dir / disk_file(index)
+                qemu_img.create(overlay, fmt="qcow2", backing=str(info.path / disk.file),
+                                backing_fmt="qcow2")
+                layers = (Layer(str(overlay), "qcow2"),
+                          Layer(str(info.path / disk.file), "qcow2"))
+            specs.append(DiskSpec(layers=layers, interface=disk.interface,
+                                  readonly=disk.file is None))
+        self._disks = tuple(specs)  # the overlays go with the run directory
+
     def contribute(self, spec: MachineSpec) -> MachineSpec:
         """File-backed RAM (shared for a source, copy-on-write for a clone), no balloon."""
         ram = self.ram_file
         if ram is None:
             return spec
-        return replace(spec, ram_file=str(ram), ram_shared=self.source, balloon=False)
+        return replace(spec, ram_file=str(ram), ram_shared=self.source, balloon=False,
+                       disks=spec.disks + self._disks)
 
     def runtime(self) -> dict[str, Any]:
         """Which template a running clone maps (informative)."""
@@ -194,7 +274,8 @@ class Templating(Part):
 
 
 def write(directory: Path, *, ram: Path, memory: int, machine_type: str,
-          devices: dict[str, str], source: str, running: bool) -> TemplateInfo:
+          devices: dict[str, str], source: str, running: bool,
+          disks: tuple[TemplateDisk, ...]) -> TemplateInfo:
     """Move or copy ``ram`` into ``directory`` (state already there) and write the manifest."""
     target = directory / RAM_FILE
     try:
@@ -203,7 +284,8 @@ def write(directory: Path, *, ram: Path, memory: int, machine_type: str,
         copy_sparse(ram, target)
     os.chmod(target, 0o600)
     data = {"format": FORMAT, "memory": memory, "machine_type": machine_type,
-            "devices": devices, "source": source, "running": running}
+            "devices": devices, "source": source, "running": running,
+            "disks": [d.to_json() for d in disks]}
     tmp = directory / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     os.replace(tmp, directory / MANIFEST)
@@ -234,91 +316,3 @@ def copy_sparse(src: Path, dst: Path) -> None:
         fout.truncate(size)
 
 
-def make_directory(directory: str | os.PathLike[str]) -> Path:
-    """Create the template's directory (it must not exist: vmanager adopts nothing)."""
-    path = Path(os.path.abspath(validate.path(directory, what="template directory")))
-    why = paths.trusted_path(path.parent)
-    if why is not None:
-        raise ConfigError(f"cannot save a template in {str(path)!r}: {why}")
-    try:
-        path.mkdir(mode=0o755)
-    except FileExistsError:
-        raise ConfigError(f"template directory {str(path)!r} exists already; "
-                          "give a new path (vmanager does not overwrite it)") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot create template directory {str(path)!r}: "
-                          f"{exc.strerror}") from exc
-    return path
-
-
-def remove_directory(path: Path) -> None:
-    """Remove a template directory this save created (its save failed)."""
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def require_source(vm: MachineView, source: bool, *, writable_disks: list[str],
-                   nics: int) -> None:
-    """A machine that can be saved as a template now, or a clear error."""
-    vm.require(State.RUNNING, State.PAUSED, action="save a template")
-    if not source:
-        raise ConfigError(f"machine {vm.name!r} keeps its RAM in anonymous memory; start it "
-                          "with template_source=True to save it as a template")
-    if writable_disks:
-        raise ConfigError(f"machine {vm.name!r} has writable disks "
-                          f"({', '.join(writable_disks)}); a template cannot hold them "
-                          "(its clones would share one disk's state)")
-    if nics:
-        raise ConfigError(f"machine {vm.name!r} has {nics} NIC(s); a template cannot hold "
-                          "NICs (every clone would use their MAC addresses): give the "
-                          "clones NICs instead, hot-plugged after their state loads")
-
-
-# -- what Machine.save_template and a clone's start_vm do ------------------------------------
-def save(m: Machine, directory: str | os.PathLike[str], *, timeout: float) -> TemplateInfo:
-    """See :meth:`Machine.save_template`."""
-    from vmanager.machine import migration
-    require_source(m.template._vm, m.template.source, nics=len(m.network.nics),
-                   writable_disks=[str(d.path) for d in m.harddrives if not d.readonly])
-    ram = m.template.ram_file
-    assert ram is not None
-    path = make_directory(directory)
-    was_running = m.state == State.RUNNING
-    try:
-        if was_running:
-            m.freeze()  # the RAM file must not change after the device state is saved
-        devices = migration.device_map(m)
-        migration.save(m, path / STATE_FILE, keep_running=True,
-                       progress=None, timeout=timeout, ignore_shared=True)
-        info = write(path, ram=ram, memory=m.memory, machine_type=m.machine_type,
-                     devices=devices, source=m.name, running=was_running)
-    except BaseException:
-        remove_directory(path)
-        if was_running and m.is_alive():
-            m.unfreeze()
-        raise
-    m.kill()  # the guest lives on in the template; its own run ends here
-    m.log.info("saved template %s", path)
-    return info
-
-
-def start_clone(m: Machine, *, timeout: float) -> None:
-    """Start clone ``m`` from its template: map the RAM, load the state, plug its NICs."""
-    from vmanager.machine import migration
-    info = m.template.info
-    assert info is not None
-
-    def check() -> None:
-        m.template.check_clone(migration.device_map(m))
-
-    with m.network.held_back() as nics:
-        migration.restore(m, info.state, timeout=max(timeout, 60.0),
-                          ignore_shared=True, check=check)
-        try:
-            if info.running:
-                m.unfreeze()  # frozen for the save, not by its user
-            for nic in nics:
-                m.network.add(nic)
-        except BaseException:
-            m.kill()
-            raise
-    m.log.info("started from template %s", info.path)

@@ -326,13 +326,14 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
         """Save this running machine as a template in the new ``directory``, and end it.
 
         The machine must have been started with ``template_source=True`` and hold
-        no NICs or writable disks. ``Machine(..., template=directory)`` then makes
-        clones that resume its guest as it is now (see
+        no NICs; each writable disk is copied into the template (flattened).
+        ``Machine(..., template=directory)`` then makes clones that resume its
+        guest as it is now, each on an overlay of those copies (see
         :mod:`vmanager.machine.template`). On failure the directory is removed and
         the machine keeps running.
         """
-        from vmanager.machine import template
-        return template.save(self, directory, timeout=timeout)  # type: ignore[arg-type]
+        from vmanager.machine import cloning
+        return cloning.save(self, directory, timeout=timeout)  # type: ignore[arg-type]
 
     def restore_state(self, path: str | os.PathLike[str], *, timeout: float = 600.0) -> None:
         """Start this (stopped) machine from a file written by :meth:`save_state`.
