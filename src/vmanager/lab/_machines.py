@@ -10,7 +10,7 @@ from vmanager import validate
 from vmanager.errors import ConfigError
 from vmanager.images import DISTRIBUTIONS
 from vmanager.images.cloudinit import CloudInit
-from vmanager.lab import _confine
+from vmanager.lab import _confine, _templates
 from vmanager.lab import servers as _servers
 from vmanager.lab._check import Checker
 from vmanager.lab.model import DiskSpec, MachineSpec, NicSpec, RouterSpec, SwitchSpec
@@ -26,7 +26,8 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
     where = ("machines", mname)
     body = c.table(raw, where)
     c.keys(body, where, {"guest", "kernel", "initrd", "append", "memory", "cpus", "accel",
-                         "disks", "cd", "nics", "server", "cloud_init", "firmware"})
+                         "disks", "cd", "nics", "server", "cloud_init", "firmware",
+                         "template"})
     c.check(where, lambda: validate.name(mname, what="machine name", max_len=15))
     guest = c.typed(body, "guest", str, where)
     if guest is not None and guest != "tiny" and guest not in DISTRIBUTIONS:
@@ -46,8 +47,7 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
     for key in ("initrd", "append"):
         if key in body and kernel is None:
             raise c.fail((*where, key), f"{key} needs kernel")
-    memory = c.check((*where, "memory"), lambda: validate.memory_mib(
-        c.typed(body, "memory", (int, str), where, 256)))
+    memory_default = 256
     cpus = c.typed(body, "cpus", int, where, 1)
     if not 1 <= cpus <= 255:
         raise c.fail((*where, "cpus"), f"must be 1 to 255, not {cpus}")
@@ -64,6 +64,10 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
         if not _confine.within(found, c.allowed):
             raise c.fail(key, _confine.outside_message(found, base.resolve()))
         return str(found)
+
+    template, template_memory = _templates.parse(c, body, where, resolve)
+    memory = c.check((*where, "memory"), lambda: validate.memory_mib(
+        c.typed(body, "memory", (int, str), where, template_memory or memory_default)))
 
     disks = []
     for i, draw in enumerate(c.typed(body, "disks", list, where, [])):
@@ -122,7 +126,7 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
                        tuple(disks), resolve(cd, (*where, "cd")) if cd else None,
                        tuple(nics),
                        server=_servers.check_server(c, where, body, server_names),
-                       cloud_init=cloud_init, firmware=firmware)
+                       cloud_init=cloud_init, firmware=firmware, template=template)
 
 
 def impairment(c: Checker, body: Mapping[str, Any], where: tuple[str, ...]) -> Impairment:

@@ -60,13 +60,15 @@ class MachineSpec:
     cloud_init: dict[str, Any] | None = field(default=None, hash=False)
     #: ``bios`` (SeaBIOS) or ``uefi`` (OVMF; a fresh variable store each start)
     firmware: str = "bios"
+    #: a template directory: the machine is its clone (resumes its guest, no boot)
+    template: str | None = None
 
     def definition(self) -> dict[str, Any]:
         """The machine record's definition (see :func:`vmanager.state.machine_kwargs`)."""
         return {"guest": self.guest, "kernel": self.kernel, "initrd": self.initrd,
                 "append": self.append, "memory": self.memory, "cpus": self.cpus,
                 "accel": self.accel, "cd": self.cd, "cloud_init": self.cloud_init,
-                "firmware": self.firmware,
+                "firmware": self.firmware, "template": self.template,
                 "disks": [{"path": d.path, "size": d.size, "format": d.format,
                            "interface": d.interface} for d in self.disks],
                 "nics": [{"switch": n.switch, "vlan": n.vlan, "vlans": list(n.vlans),

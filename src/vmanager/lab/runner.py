@@ -29,7 +29,7 @@ from vmanager.errors import (
     StateError,
     VmanagerError,
 )
-from vmanager.lab import _objects, _owner
+from vmanager.lab import _objects, _owner, _templates
 from vmanager.lab import record as labrec
 from vmanager.lab.record import LabRecord
 from vmanager.lab.spec import Lab, MachineSpec
@@ -78,6 +78,8 @@ def up(lab: Lab, *, step: Step = _no_progress, wait_ready: bool = False,
     call made (``ConfigError`` for a name in use, ``NetworkError``,
     ``QemuStartError``...).
     """
+    # a clone's template, before anything is made (a running clone needs it no more)
+    _templates.check(lab, running=lambda name: _machine_present({"name": name}))
     with locked("lab", lab.name, timeout=timeout):
         rec = labrec.load(lab.name)
         if rec is not None and Path(rec.file) != lab.path.resolve():
