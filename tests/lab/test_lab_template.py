@@ -36,14 +36,14 @@ name = "{lab}"
 
 CLONE = """
 [machines.{name}]
-guest = "tiny"
 template = "{template}"
 {extra}
 nics = [{{ switch = "{sw}" }}]
 """
 
 
-def lab_text(lab: str, sw: str, template: str, names: list[str], extra: str = "") -> str:
+def lab_text(lab: str, sw: str, template: str, names: list[str],
+             extra: str = 'guest = "tiny"') -> str:
     machines = "".join(CLONE.format(name=n, template=template, sw=sw, extra=extra)
                        for n in names)
     return LAB.format(lab=lab, sw=sw, machines=machines)
@@ -68,6 +68,9 @@ def test_the_template_key_is_resolved_confined_and_gives_the_memory(tmp_path: Pa
     m = spec.load(path).machine("a")
     assert m.template == str(tmp_path / "tmpl") and m.memory == 192
     assert m.definition()["template"] == str(tmp_path / "tmpl")
+    # a template is something to boot: a clone of a disk-booted source needs nothing else
+    path.write_text(lab_text("lt", "sw", "tmpl", ["a"], extra=""))
+    assert spec.load(path).machine("a").guest is None
     # a missing template still parses (inspect and down must work); up refuses it
     path.write_text(lab_text("lt", "sw", "gone", ["a"]))
     assert spec.load(path).machine("a").memory == 256
@@ -76,8 +79,8 @@ def test_the_template_key_is_resolved_confined_and_gives_the_memory(tmp_path: Pa
 @pytest.mark.parametrize(("template", "extra", "message"), [
     ("/etc", "", "outside the lab's directory"),
     ("../x", "", "outside the lab's directory"),
-    ("tmpl", 'disks = ["d.qcow2"]', "cannot have disks"),
-    ("tmpl", "cloud_init = { hostname = \"x\" }", "cannot have cloud_init"),
+    ("tmpl", 'guest = "debian-12"', "cannot have guest = 'debian-12'"),
+    ("tmpl", "cloud_init = { hostname = \"x\" }\nguest = \"tiny\"", "cannot have cloud_init"),
 ])
 def test_bad_template_keys_name_the_machine_and_key(
         tmp_path: Path, template: str, extra: str, message: str) -> None:
@@ -105,7 +108,7 @@ def test_up_refuses_a_bad_template_before_making_anything(
         fake_template(tmp_path / "tmpl", memory=192)
     name = f"lt{secrets.token_hex(3)}"
     path = tmp_path / "lab.toml"
-    path.write_text(lab_text(name, f"s{name}", "tmpl", ["a"], extra))
+    path.write_text(lab_text(name, f"s{name}", "tmpl", ["a"], f'guest = "tiny"\n{extra}'))
     lab = spec.load(path)
     with pytest.raises(LabFileError, match=message) as err:
         up(lab)
@@ -131,7 +134,10 @@ def test_a_lab_of_clones_on_one_switch_reach_each_other(tiny: Any, tmp_path: Pat
     lab, sw = f"l{t}", f"s{t}"
     clones = [f"c{t}{i}" for i in range(3)]
     path = tmp_path / "lab.toml"
-    path.write_text(lab_text(lab, sw, "tmpl", clones))  # memory: the template's
+    # memory: the template's; the first clone has no boot options (it does not boot)
+    path.write_text(lab_text(lab, sw, "tmpl", clones[:1], extra="") + "".join(
+        CLONE.format(name=c, template="tmpl", sw=sw, extra='guest = "tiny"')
+        for c in clones[1:]))
     ports = {"vn" + stable_mac(c, 0).replace(":", "")[4:] for c in clones}
     ns_before = set(list_namespaces())
     try:

@@ -62,8 +62,9 @@ def cmd_define(args: argparse.Namespace) -> int:
         definition.update(kernel=str(Path(args.kernel).resolve()),
                           initrd=str(Path(args.initrd).resolve()) if args.initrd else None,
                           append=args.append)
-    elif not definition["disks"] and not definition["cd"]:
-        raise ConfigError("nothing to boot: give --guest, --kernel, --disk or --cd")
+    elif not definition["disks"] and not definition["cd"] and not args.template:
+        raise ConfigError("nothing to boot: give --guest, --kernel, --disk, --cd or "
+                          "--template")
     templates.apply_define(args, definition)
     if args.cloud_init:
         definition["cloud_init"] = _cloud_init_file(args.cloud_init)

@@ -25,12 +25,13 @@ def define_options(p: argparse.ArgumentParser) -> None:
     group.add_argument("--template-source", action="store_true",
                        help="keep the guest's RAM in a shared file, so that 'vmanager "
                        "save-template' can save the running machine as a template "
-                       "(no NICs or writable disks)")
+                       "(no NICs; its writable disks are copied into the template)")
     group.add_argument("--template", metavar="DIR",
                        help="a clone of the template saved in DIR: 'start' resumes its "
-                       "guest in a fraction of a second instead of booting; give the "
-                       "template's boot options (e.g. --guest tiny); --memory defaults "
-                       "to the template's")
+                       "guest in a fraction of a second instead of booting; it runs on "
+                       "overlays of the template's disks (gone when it stops) unless given "
+                       "--disk; it needs no boot options; --memory defaults to the "
+                       "template's")
 
 
 def apply_define(args: argparse.Namespace, definition: dict[str, Any]) -> None:
@@ -45,15 +46,15 @@ def apply_define(args: argparse.Namespace, definition: dict[str, Any]) -> None:
         if args.nics:
             raise ConfigError("--template-source: a template cannot hold NICs (every clone "
                               "would use their MAC addresses); give the clones --nics")
-        if definition["disks"] or (args.guest and args.guest != "tiny"):
-            raise ConfigError("--template-source: a template cannot hold writable disks "
-                              "(--disk, or an image's overlay from --guest IMAGE): its "
-                              "clones would share one disk's state")
         definition["template_source"] = True
     if args.template is None:
         if definition["memory"] is None:
             definition["memory"] = 256
         return
+    if args.guest and args.guest != "tiny":
+        raise ConfigError(f"--template with --guest {args.guest}: a clone runs on the "
+                          "template's copy of the source's disk, not on a new overlay of "
+                          "the image; leave --guest out")
     from vmanager.machine import Machine
     from vmanager.machine.template import load
     info = load(args.template)

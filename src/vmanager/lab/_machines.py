@@ -86,8 +86,9 @@ def machine(c: Checker, mname: str, raw: object, switches: Mapping[str, SwitchSp
                               str(size) if size is not None else None, fmt,
                               c.typed(d, "interface", str, dwhere, "virtio")))
     cd = c.typed(body, "cd", str, where)
-    if guest is None and kernel is None and not disks and cd is None:
-        raise c.fail(where, "nothing to boot: give guest = \"tiny\", kernel, disks or cd")
+    if guest is None and kernel is None and not disks and cd is None and "template" not in body:
+        raise c.fail(where, "nothing to boot: give guest = \"tiny\", kernel, disks, cd or "
+                     "template")
     if cloud_init is not None and cd is not None:
         raise c.fail((*where, "cloud_init"), "the cloud-init seed takes the CD drive: give "
                      "cd or cloud_init, not both")

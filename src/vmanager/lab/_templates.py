@@ -2,7 +2,9 @@
 
 A clone resumes the guest saved in the template directory instead of booting
 (:mod:`vmanager.machine.template`); its NICs are hot-plugged once its state has
-loaded, so its lab wiring is the same as a booted machine's.
+loaded, so its lab wiring is the same as a booted machine's. A clone without
+``disks`` runs on overlays of the template's copies of its source's disks, which
+go when it stops; ``disks`` of its own (e.g. overlays of those copies) last.
 
 Parsing only resolves and confines the path (like a disk's: inside the lab
 file's directory unless ``[lab] allow_paths`` says otherwise), so that
@@ -21,10 +23,8 @@ from vmanager.errors import ConfigError, NotFoundError
 from vmanager.lab._check import Checker
 from vmanager.lab.model import Lab
 
-#: keys that cannot go with ``template``: a clone has exactly its template's devices
-#: and does not boot
+#: keys that cannot go with ``template``
 _EXCLUDED = {
-    "disks": "a template holds no writable disks, so its clones cannot have any",
     "cloud_init": "cloud-init runs when a guest boots, and a clone does not boot (it "
                   "resumes the template's guest)",
 }
@@ -45,6 +45,11 @@ def parse(c: Checker, body: Mapping[str, Any], where: tuple[str, ...],
     for other, why in _EXCLUDED.items():
         if other in body:
             raise c.fail(key, f"a clone of a template cannot have {other}: {why}")
+    guest = body.get("guest")
+    if isinstance(guest, str) and guest != "tiny":
+        raise c.fail(key, f"a clone of a template cannot have guest = {guest!r}: it runs on "
+                     "the template's copy of the source's disk, not on a new overlay of the "
+                     "image; leave guest out")
     path = resolve(value, key)
     if "memory" in body:
         return path, None
