@@ -162,6 +162,16 @@ def test_a_lab_of_clones_on_one_switch_reach_each_other(tiny: Any, tmp_path: Pat
         info = json.loads(ok("--json", "inspect", str(path)))
         assert {m["name"]: m["state"] for m in info["machines"]} == {
             c: "running" for c in clones}
+        # up again keeps the running clones; a stopped one starts again from the template,
+        # on its switch
+        again = json.loads(ok("--json", "up", str(path)))
+        assert again["made"] == [] and len(again["kept"]) == 1 + len(clones)
+        ok("stop", clones[0])
+        ok("start", clones[0])
+        assert ok("exec", clones[0], "hostname").strip() == source
+        ok("exec", clones[0], "--", "i=0; while ! [ -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; "
+           "do sleep 0.1; i=$((i+1)); done; ip addr add 10.93.0.1/24 dev eth0 && "
+           "ip link set eth0 up && ping -c 1 -W 5 10.93.0.2", timeout=60)
     finally:
         removed = json.loads(ok("--json", "down", str(path)))["removed"]
     assert len(removed) == 1 + len(clones)
