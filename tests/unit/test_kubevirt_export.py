@@ -209,3 +209,11 @@ def test_the_cli_writes_yaml_and_notes(tmp_path: Path) -> None:
     assert "note: router gw" in r.stderr
     text = to_yaml(export(parse(LAB, path=lab)))
     assert text.startswith("# NOTE: ") and len(list(yaml.safe_load_all(text))) == 4
+
+
+def test_a_clone_of_a_template_is_exported_with_a_note() -> None:
+    lab = parse('[lab]\nname = "t"\n[machines.c]\nguest = "tiny"\ntemplate = "tmpl"\n',
+                path=Path("/labs/t.toml"))
+    result = export(lab)
+    assert any("clone of template /labs/tmpl" in n for n in result.notes)
+    assert len(result.manifests) == 1

@@ -171,6 +171,10 @@ def _machine(lab: Lab, m: MachineSpec, namespace: str | None, labels: dict[str, 
         notes.append(f"machine {m.name}: boots a kernel directly; build and push a container "
                      f"image {image} holding /boot/vmlinuz"
                      + (" and /boot/initrd.img" if "initrdPath" in boot["container"] else ""))
+    if m.template is not None:
+        notes.append(f"machine {m.name}: is a clone of template {m.template}, which KubeVirt "
+                     "cannot resume; it is exported as a machine that boots what the lab "
+                     "file gives it (the template's source's disks or guest)")
     if m.firmware == "uefi":
         # KubeVirt's OVMF, without Secure Boot (which would need SMM)
         domain.setdefault("firmware", {})["bootloader"] = {"efi": {"secureBoot": False}}
