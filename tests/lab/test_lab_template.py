@@ -160,8 +160,8 @@ def test_a_lab_of_clones_on_one_switch_reach_each_other(tiny: Any, tmp_path: Pat
                     ok("exec", clone, "--", f"ping -c 1 -W 5 10.93.0.{j + 1}", timeout=60)
         assert ok("exec", clones[1], "hostname").strip() == clones[1]
         info = json.loads(ok("--json", "inspect", str(path)))
-        assert {m["name"]: m["state"] for m in info["machines"]} == {
-            c: "running" for c in clones}
+        assert {m["name"]: (m["state"], m["template"]) for m in info["machines"]} == {
+            c: ("running", str(tmp_path / "tmpl")) for c in clones}
         # up again keeps the running clones; a stopped one starts again from the template,
         # on its switch
         again = json.loads(ok("--json", "up", str(path)))

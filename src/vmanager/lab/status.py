@@ -43,7 +43,7 @@ def inspect(lab: Lab) -> dict[str, Any]:
                          "address": leases.get(mac.lower())})
         machines.append({"name": m.name, "state": st.state if st else "absent",
                          "pid": st.pid if st else None, "detail": st.detail if st else "",
-                         "nics": nics})
+                         "nics": nics, "template": m.template})
     switches = [{"name": s.name, "vlan_filtering": s.vlan_filtering,
                  "state": "up" if _net.link_exists(s.name) else "down"} for s in lab.switches]
     hosts = [{"name": h.name, "port": h.port, "address": h.address,
