@@ -143,3 +143,15 @@ def test_status_and_output_of_a_good_reply(wire: tuple[Console, socket.socket]) 
     shell = _shell(wire, lambda i: f"@@vmresp {i} 3 O{b64('out')} E{b64('err')}\n".encode())
     result = shell.execute("whatever", timeout=5)
     assert (result.status, result.stdout, result.stderr) == (3, "out", "err")
+
+
+def test_proving_a_restored_shell_waits_only_as_long_as_asked(
+        wire: tuple[Console, socket.socket]) -> None:
+    """A restored real OS has no backdoor shell: asking it must not cost 6 s a round."""
+    console, _guest = wire  # nothing reads or answers on the guest side
+    shell = Shell(console, expect_hello=False)
+    assert not shell.expects_hello
+    started = time.monotonic()
+    with pytest.raises(GuestCommandError, match="no answer"):
+        shell.wait_ready(0.3)
+    assert time.monotonic() - started < 3, "waited the guest's limit + 5 s"

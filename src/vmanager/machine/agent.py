@@ -191,11 +191,14 @@ class GuestCommands(CommandVerbs, Part):
             prober = threading.Thread(target=probe, name=f"{self._vm.name}-agent-probe",
                                       daemon=True)
             prober.start()
+        # A restored guest's shell is proven by a command, not a hello: wait longer
+        # each round, so a slow shell still answers while an agent is not held up.
+        shell_wait = 0.2
         try:
             while True:
                 if agent_up.is_set():
                     self.via = "agent"
-                elif self._shell.answers(max(0.01, min(0.2, deadline - time.monotonic()))):
+                elif self._shell.answers(max(0.01, min(shell_wait, deadline - time.monotonic()))):
                     self.via = "shell"
                 elif agent_up.is_set():
                     self.via = "agent"
@@ -208,6 +211,8 @@ class GuestCommands(CommandVerbs, Part):
                                             status=None, output="")
                 else:
                     self._vm.require(State.RUNNING, action="wait for the guest")
+                    if not self._shell.expects_hello:
+                        shell_wait = min(shell_wait * 2, 5.0)
                     continue
                 self._vm.log.info("guest commands go through the %s", self.via)
                 return self.via

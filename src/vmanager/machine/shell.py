@@ -31,6 +31,11 @@ class GuestShell(CommandVerbs, Part):
         """A new QEMU: wait for the shell's hello unless the guest is already up."""
         self._shell = Shell(self.console, expect_hello=not greeted)
 
+    @property
+    def expects_hello(self) -> bool:
+        """Whether the shell is to greet (a fresh boot), not proven by a command."""
+        return self._shell.expects_hello
+
     def answers(self, timeout: float) -> bool:
         """Whether the backdoor shell takes commands, waiting up to ``timeout`` s (no error)."""
         try:

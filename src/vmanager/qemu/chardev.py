@@ -270,13 +270,19 @@ class Shell:
         """Wait until the shell reads commands.
 
         A freshly started guest's shell says so (its hello line); for a shell
-        that was up before this process connected, one command proves it.
+        that was up before this process connected, one command proves it, its
+        answer waited for ``timeout`` s at most.
         """
         if self._expect_hello:
             with self._lock:
                 self._await_hello(timeout, "(waiting for the shell)")
         else:
-            self.execute("true", timeout=timeout)
+            self.execute("true", timeout=timeout, wait=timeout)
+
+    @property
+    def expects_hello(self) -> bool:
+        """Whether the shell is to greet (a fresh boot), not proven by a command."""
+        return self._expect_hello
 
     def _await_hello(self, timeout: float, command: str) -> None:
         if self._ready:
@@ -290,11 +296,13 @@ class Shell:
                 command=command, status=None, output=exc.tail) from exc
         self._ready = True
 
-    def execute(self, command: str, *, timeout: float = 60.0) -> ExecResult:
+    def execute(self, command: str, *, timeout: float = 60.0,
+                wait: float | None = None) -> ExecResult:
         """Run ``command`` with ``sh`` in the guest; return status, stdout and stderr.
 
         The guest kills the command after ``timeout`` seconds (status 137).
-        Raises :class:`GuestCommandError` if no answer comes at all.
+        Raises :class:`GuestCommandError` if no answer comes at all (within
+        ``wait`` s when given, else a few seconds after the guest's limit).
         """
         with self._lock:
             deadline = time.monotonic() + timeout
@@ -307,7 +315,8 @@ class Shell:
             self.console.write(f"\n{ident} {limit} {encoded}\n")
             regex = re.compile(rf"@@vmresp {re.escape(ident)} (\S*) O(\S*) E(\S*)\r?\n")
             try:
-                found = self.console.wait_for(regex, timeout=limit + 5, overrun_fails=True)
+                found = self.console.wait_for(regex, timeout=limit + 5 if wait is None else wait,
+                                              overrun_fails=True)
             except ConsoleTimeout as exc:
                 why = ("the guest's reply is larger than the console keeps "
                        f"({self.console.history_limit} bytes)" if self.console.overran()
