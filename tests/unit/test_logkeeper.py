@@ -61,7 +61,9 @@ os.execvp("sh", ["sh", "-c", "i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((
     logkeeper.wait_gone(log, timeout=10)
     assert log.stat().st_size <= 4096 and log.with_name("out.log.1").stat().st_size <= 4096
     history = RotatingLog(log).history(10 ** 6)
-    assert len(history) == 8192 and history.endswith(b"line-1999\n")
+    # NAME.1 is full and NAME holds the rest: how much depends on how the keeper's
+    # reads fell (one read of it all leaves NAME full too; a loaded host reads more often)
+    assert 4096 < len(history) <= 8192 and history.endswith(b"line-1999\n")
     lines = history.decode().splitlines()[1:]  # the first may be cut
     assert [int(x.split("-")[1]) for x in lines] == list(range(2000 - len(lines), 2000))
 
