@@ -111,6 +111,8 @@ def test_bad_template_options_get_one_line_errors(
     # a clone runs on the template's copy of the disk, never on a new image overlay
     r = vm("define", name, "--guest", "debian-12", "--template", str(tmp_path / "bad"))
     assert r.returncode == EXIT_CONFIG and "leave --guest out" in r.stderr
+    r = vm("define", name, "--template", str(tmp_path / "bad"), "--cloud-init", "x.toml")
+    assert r.returncode == EXIT_CONFIG and "does not boot" in r.stderr
     assert vm("list").stdout.count(name) == 0  # nothing was defined
     # save-template: a machine without --template-source is refused, and kept running
     ok("define", name, "--guest", "tiny", "--memory", "128")

@@ -55,6 +55,9 @@ def apply_define(args: argparse.Namespace, definition: dict[str, Any]) -> None:
         raise ConfigError(f"--template with --guest {args.guest}: a clone runs on the "
                           "template's copy of the source's disk, not on a new overlay of "
                           "the image; leave --guest out")
+    if args.cloud_init:
+        raise ConfigError("--template with --cloud-init: cloud-init runs when a guest boots, "
+                          "and a clone does not boot (it resumes the template's guest)")
     from vmanager.machine import Machine
     from vmanager.machine.template import load
     info = load(args.template)
