@@ -43,6 +43,16 @@ def test_exec_options_after_the_name_are_not_sent_to_the_guest(cli_machine: str)
     assert ok("exec", cli_machine, "--timeout=30", "echo", "--", "x") == "-- x\n"
 
 
+
+def test_exec_keeps_several_arguments_apart_and_runs_one_as_a_command_line(
+        cli_machine: str) -> None:
+    # several words are argv: sh gets "-c" and the whole script (before: it got "echo")
+    assert ok("exec", cli_machine, "--", "sh", "-c", "echo a; echo b") == "a\nb\n"
+    assert ok("exec", cli_machine, "--", "echo", "x  y", "$HOME", ";") == "x  y $HOME ;\n"
+    # one word is a command line for the guest's shell
+    assert ok("exec", cli_machine, "--", "echo x; echo $((1+1))") == "x\n2\n"
+
+
 def test_attach_from_a_second_process_sees_history_and_controls(cli_machine: str) -> None:
     code = f"""
 import json

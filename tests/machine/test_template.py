@@ -222,3 +222,22 @@ def test_a_template_copies_writable_disks_and_clones_run_on_overlays(
         assert _read_disk(b, 13) == "template-disk"
     assert not overlay.exists()  # a clone's overlay goes with its run
     assert _sha256(copy) == before and _sha256(own) == source_disk
+
+
+def test_a_clone_without_a_cd_gets_an_empty_drive_where_its_template_had_one(
+        tiny: TinyGuest, tmp_path: Path) -> None:
+    """A real OS's source boots with a cloud-init seed CD; its clones need no seed."""
+    from vmanager import CloudInit
+    name = unique_name("csrc")
+    with Machine(name, **tiny.machine_args(name), memory=256, template_source=True,
+                 cloud_init=CloudInit(hostname="seeded")) as source:
+        source.start_vm()
+        source.wait_ready(120)
+        source.save_template(tmp_path / "t")
+    with _clone(tiny, tmp_path / "t") as m:
+        m.start_vm()
+        assert m.succeed("echo up").strip() == "up"
+        drives = {b.get("qdev", ""): b for b in m.qmp("query-block")}
+        cd = [b for q, b in drives.items() if "cd0" in q]
+        assert len(cd) == 1 and "inserted" not in cd[0]  # the drive, with no medium
+        assert m.cdrom.drive

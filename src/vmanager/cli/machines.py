@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,8 +110,17 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def guest_command(words: list[str]) -> str:
+    """One word is a shell command line; several are a command and its arguments.
+
+    Several are quoted for the guest's shell, as ``docker exec`` keeps them apart:
+    ``exec m -- sh -c "a; b"`` runs ``sh`` with the two arguments given.
+    """
+    return words[0] if len(words) == 1 else shlex.join(words)
+
+
 def cmd_exec(args: argparse.Namespace) -> int:
-    command = " ".join(args.cmd)
+    command = guest_command(args.cmd)
     with attached(args.name, args.timeout) as m:
         result = m.execute(command, timeout=args.timeout)
     if args.json:

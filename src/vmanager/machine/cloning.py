@@ -73,6 +73,8 @@ def start_clone(m: Machine, *, timeout: float) -> None:
     with m.network.held_back() as nics:
         migration.restore(m, info.state, timeout=max(timeout, 60.0),
                           ignore_shared=True, check=check)
+        if m.template.empty_cd_interface() is not None:
+            m.cdrom.drive = True  # the empty drive takes a CD (m.cdrom.change)
         try:
             if info.running:
                 m.unfreeze()  # frozen for the save, not by its user

@@ -159,7 +159,8 @@ class Machine(SeedVerbs):
         """RAM: DIMM hot-plug, the balloon, memory dumps."""
         self.template = Templating(view, source=template_source, template=template,
                                    memory=self.ram.size,
-                                   own_disks=lambda: len(self.disks.harddrives))
+                                   own_disks=lambda: len(self.disks.harddrives),
+                                   own_cd=lambda: self.cdrom.cd is not None)
         """File-backed RAM: a template's source, or a clone of a template."""
         self.screen = Screen(view)
         """The display: screenshots, waits for text or images, VNC."""

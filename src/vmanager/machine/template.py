@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, NotFoundError
 from vmanager.machine.part import Launch, MachineView, Part
-from vmanager.qemu.blockdev import Layer
-from vmanager.qemu.cmdline import DiskSpec
+from vmanager.qemu.blockdev import CD_DEVICES, Layer, cd_id
+from vmanager.qemu.cmdline import CdSpec, DiskSpec
 
 if TYPE_CHECKING:
     from vmanager.qemu.cmdline import MachineSpec
@@ -58,6 +58,7 @@ STATE_FILE = "state"
 FORMAT = 1
 #: A manifest larger than this is not one of ours.
 MANIFEST_MAX = 64 << 10
+CD_DRIVE_ID = cd_id(0)
 DISK_FORMATS = ("qcow2", "raw")
 
 
@@ -195,9 +196,11 @@ class Templating(Part):
 
     def __init__(self, vm: MachineView, *, source: bool,
                  template: str | os.PathLike[str] | None, memory: int,
-                 own_disks: Callable[[], int] = lambda: 0) -> None:
+                 own_disks: Callable[[], int] = lambda: 0,
+                 own_cd: Callable[[], bool] = lambda: False) -> None:
         self._vm = vm
         self._own_disks = own_disks
+        self._own_cd = own_cd
         self._disks: tuple[DiskSpec, ...] = ()
         if not isinstance(source, bool):
             raise ConfigError(f"template_source must be True or False, got {source!r}")
@@ -244,12 +247,26 @@ class Templating(Part):
         self._disks = tuple(specs)  # the overlays go with the run directory
 
     def contribute(self, spec: MachineSpec) -> MachineSpec:
-        """File-backed RAM (shared for a source, copy-on-write for a clone), no balloon."""
+        """File-backed RAM (shared for a source, copy-on-write for a clone), no balloon.
+
+        A clone given no CD gets an empty drive where its template had one (a
+        first boot's cloud-init seed, say), so that its devices match.
+        """
         ram = self.ram_file
         if ram is None:
             return spec
+        cd = spec.cd
+        if cd is None and self.empty_cd_interface() is not None:
+            cd = CdSpec(None, interface=str(self.empty_cd_interface()))
         return replace(spec, ram_file=str(ram), ram_shared=self.source, balloon=False,
-                       disks=spec.disks + self._disks)
+                       disks=spec.disks + self._disks, cd=cd)
+
+    def empty_cd_interface(self) -> str | None:
+        """The interface of the template's CD drive, for a clone without a CD of its own."""
+        if self.info is None or self._own_cd():
+            return None
+        kind = self.info.devices.get(CD_DRIVE_ID)
+        return next((i for i, d in CD_DEVICES.items() if d == kind), None)
 
     def runtime(self) -> dict[str, Any]:
         """Which template a running clone maps (informative)."""

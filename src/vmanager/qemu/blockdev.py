@@ -50,7 +50,7 @@ def tag(prefix: str, path: str | os.PathLike[str]) -> str:
     return f"{prefix}-{zlib.crc32(os.fsencode(path)):08x}"
 
 
-def attach(driver: str, *, interface: str, node: str, dev_id: str, bus: str | None,
+def attach(driver: str, *, interface: str, node: str | None, dev_id: str, bus: str | None,
            bootindex: int | None) -> list[str]:
     """The ``-device`` for a block node; a SCSI device brings its own controller."""
     if interface == "scsi":
@@ -111,13 +111,16 @@ def disk_args(layers: Sequence[Layer], *, node: str, dev_id: str, interface: str
                          dev_id=dev_id, bus=bus, bootindex=bootindex)
 
 
-def cd_args(path: str, *, node: str, dev_id: str, interface: str,
+def cd_args(path: str | None, *, node: str, dev_id: str, interface: str,
             bootindex: int | None = None, bus: str | None = None) -> list[str]:
-    """``-blockdev``/``-device`` for a CD drive holding the ISO ``path``.
+    """``-blockdev``/``-device`` for a CD drive holding the ISO ``path`` (``None``: empty).
 
     The medium is node ``node`` (raw, read-only) over ``node-file``; the drive,
     device ``dev_id``, has a tray, so QMP can eject and change it.
     """
+    if path is None:
+        return attach(CD_DEVICES[interface], interface=interface, node=None, dev_id=dev_id,
+                      bus=bus, bootindex=bootindex)
     args = blockdev({"driver": "file", "filename": path, "node-name": f"{node}-file",
                      "read-only": True})
     args += blockdev({"driver": "raw", "file": f"{node}-file", "node-name": node,

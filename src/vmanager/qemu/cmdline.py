@@ -107,9 +107,9 @@ class DiskSpec:
 
 @dataclass(frozen=True)
 class CdSpec:
-    """The CD drive and the ISO in it."""
+    """The CD drive and the ISO in it (``None``: an empty drive)."""
 
-    path: str
+    path: str | None
     interface: str = "ide"
     bootindex: int | None = None
 
