@@ -28,6 +28,7 @@ from vmanager.machine.template import (
     disk_file,
     write,
 )
+from vmanager.qemu import microvm
 
 if TYPE_CHECKING:
     from vmanager.machine.machine import Machine
@@ -46,12 +47,13 @@ def save(m: Machine, directory: str | os.PathLike[str], *, timeout: float) -> Te
     try:
         if was_running:
             m.freeze()  # the RAM file must not change after the device state is saved
-        devices = migration.device_map(m)
+        devices, running_config = migration.device_map(m), config(m)
         migration.save(m, path / STATE_FILE, keep_running=True,
                        progress=None, timeout=timeout, ignore_shared=True)
         disks = _copy_disks(m, path)
         info = write(path, ram=ram, memory=m.memory, machine_type=m.machine_type,
-                     devices=devices, source=m.name, running=was_running, disks=disks)
+                     config=running_config, devices=devices,
+                     source=m.name, running=was_running, disks=disks)
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # made by this save
         if was_running and m.is_alive():
@@ -66,16 +68,29 @@ def start_clone(m: Machine, *, timeout: float) -> None:
     """Start clone ``m`` from its template: map the RAM, load the state, plug its NICs."""
     info = m.template.info
     assert info is not None
+    model = info.config.get("cpu_model")
+    if m.cpu_model is None and isinstance(model, str):
+        m.cpu_model = model  # a clone not told otherwise gets the CPU its guest knows
 
     def check() -> None:
+        m.template.check_config(config(m))
         m.template.check_clone(migration.device_map(m))
 
     with m.network.held_back() as nics:
+        if nics and microvm.is_microvm(m.machine_type):
+            raise ConfigError(f"machine {m.name!r} is a microvm clone with NICs: a clone's "
+                              "NICs are hot-plugged after its state loads, and a microvm has "
+                              "no PCI bus to plug them into; use machine_type 'pc' or 'q35' "
+                              "for clones with NICs")
         migration.restore(m, info.state, timeout=max(timeout, 60.0),
                           ignore_shared=True, check=check)
         if m.template.empty_cd_interface() is not None:
             m.cdrom.drive = True  # the empty drive takes a CD (m.cdrom.change)
         try:
+            # the clone's own RAM is private: its save_state, migrate and snapshots
+            # carry it all, in a stream any machine built like it loads
+            m.qmp("migrate-set-capabilities",
+                  {"capabilities": [{"capability": "x-ignore-shared", "state": False}]})
             if info.running:
                 m.unfreeze()  # frozen for the save, not by its user
             for nic in nics:
@@ -84,6 +99,33 @@ def start_clone(m: Machine, *, timeout: float) -> None:
             m.kill()
             raise
     m.log.info("started from template %s", info.path)
+
+
+def config(m: Machine) -> dict[str, str | int | None]:
+    """What QEMU runs that a clone must share with its template's source (``CONFIG_KEYS``).
+
+    Asked of QEMU, not of ``m``: a machine attached from another process (the
+    CLI's ``save-template``) does not know its CPU model.
+    """
+    cpus = m.qmp("query-cpus-fast")
+    cpu = str(m.qmp("qom-get", {"path": cpus[0]["qom-path"], "property": "type"}))
+    machine = str(m.qmp("qom-get", {"path": "/machine", "property": "type"}))
+    return {"machine": machine.removesuffix("-machine"), "cpus": len(cpus),
+            "cpu_model": cpu.removesuffix("-x86_64-cpu"), "firmware": m.firmware}
+
+
+def require_lasting_disks(m: Machine, action: str) -> None:
+    """Refuse to save or migrate a clone whose disks are overlays that go with its run.
+
+    The saved or migrated guest would come back on fresh overlays of the
+    template's disks, without what it wrote: its file systems would not match
+    its memory.
+    """
+    if m.template.disk_ids:
+        raise ConfigError(f"cannot {action}: clone {m.name!r} runs on overlays of its "
+                          "template's disks that go when it stops, so its guest would come "
+                          "back without what it wrote; give the clone disks of its own "
+                          "(harddrives=, e.g. lasting overlays of the template's disk copies)")
 
 
 def make_directory(directory: str | os.PathLike[str]) -> Path:
@@ -113,6 +155,11 @@ def _require_source(m: Machine) -> None:
         raise ConfigError(f"machine {m.name!r} has {len(m.network.nics)} NIC(s); a template "
                           "cannot hold NICs (every clone would use their MAC addresses): give "
                           "the clones NICs instead, hot-plugged after their state loads")
+    if migration.memory_map(m)["plugged-memory"]:
+        raise ConfigError(f"machine {m.name!r} has hot-plugged memory (DIMMs); a clone "
+                          "starts with its memory= only, so it could not load the state: "
+                          "give the source more memory= instead, or plug DIMMs into the "
+                          "clones after their start")
 
 
 def _copy_disks(m: Machine, into: Path) -> tuple[TemplateDisk, ...]:

@@ -178,7 +178,7 @@ class Machine(SeedVerbs):
                               direct_kernel=lambda: self.kernel is not None,
                               incoming=lambda: self.migration.incoming)
         """The firmware boot order."""
-        self.snapshots = Snapshots(view, self.disks)
+        self.snapshots = Snapshots(view, self.disks, lambda: self.template.disk_ids)
         """Whole-machine snapshots: ``m.snapshots()`` lists them; ``save``, ``load``, ``delete``."""
         self.chardevs = Chardevs(view)
         """Run-time chardevs: ``m.chardevs()`` lists them; ``create``, ``remove``."""

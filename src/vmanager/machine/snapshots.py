@@ -20,7 +20,7 @@ cover it.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,9 +49,12 @@ class Snapshots(Part):
 
     key = "snapshots"
 
-    def __init__(self, vm: MachineView, disks: Disks) -> None:
+    def __init__(self, vm: MachineView, disks: Disks,
+                 clone_disks: Callable[[], list[str]] = list) -> None:
         self._vm = vm
         self._disks = disks
+        #: a clone's writable template disks (qcow2 overlays), beside its harddrives
+        self._clone_disks = clone_disks
         self._state_node = False
 
     def __call__(self) -> list[SnapshotInfo]:
@@ -95,8 +98,8 @@ class Snapshots(Part):
             raise StorageError(f"machine {vm.name!r} has writable raw disks ({', '.join(raw)}) "
                                "that internal snapshots cannot cover; use qcow2 or attach them "
                                "read-only")
-        if writable:
-            return [self._disks.device_ids()[i] for i, _ in writable]
+        if writable or self._clone_disks():
+            return [self._disks.device_ids()[i] for i, _ in writable] + self._clone_disks()
         if not self._state_node and STATE_NODE in self._disks.block_nodes():
             self._state_node = True  # added by an earlier process attached to this QEMU
         if not self._state_node:

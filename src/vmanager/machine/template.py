@@ -20,8 +20,12 @@ What a clone shares with its template, and the rules that follow:
   addresses. Give each clone its identity after the start (through the shell or
   agent). A template cannot hold NICs (every clone would use their MAC
   addresses); a clone's NICs are hot-plugged once its state has loaded.
-* **Devices**: a clone needs exactly the template's devices and memory; a clone
-  that differs gets a :class:`ConfigError` naming what, before anything loads.
+* **Devices**: a clone needs exactly the template's devices and memory, and its
+  source's machine type, CPUs, CPU model and firmware (:data:`CONFIG_KEYS`; a
+  clone without ``cpu_model`` takes its source's); a clone that differs gets a
+  :class:`ConfigError` naming what, before anything loads. A microvm clone cannot
+  have NICs (no PCI bus to hot-plug them into); a source with hot-plugged DIMMs
+  cannot be saved.
 * **No balloon** in either: discarding RAM of a file-backed guest punches holes in
   the file itself, which every clone maps (QEMU 7.2 does so even for a private
   mapping).
@@ -29,7 +33,9 @@ What a clone shares with its template, and the rules that follow:
   flattened, as it was when the state was saved; a clone given no disks runs on
   an overlay of each copy in its run directory (gone when it stops). A clone may
   instead be given its own disks (e.g. lasting overlays of the copies). A
-  read-only disk is not copied: clones use the same image.
+  read-only disk is not copied: clones use the same image. Snapshots of a clone
+  cover its overlays; ``save_state``/``migrate`` refuse a clone on overlays that
+  go with its run.
 * The RAM file must not change while clones use it: vmanager only ever reads it.
 """
 
@@ -38,15 +44,15 @@ from __future__ import annotations
 import json
 import os
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, NotFoundError
 from vmanager.machine.part import Launch, MachineView, Part
-from vmanager.qemu.blockdev import CD_DEVICES, Layer, cd_id
+from vmanager.qemu.blockdev import CD_DEVICES, Layer, cd_id, disk_id
 from vmanager.qemu.cmdline import CdSpec, DiskSpec
 
 if TYPE_CHECKING:
@@ -60,6 +66,11 @@ FORMAT = 1
 MANIFEST_MAX = 64 << 10
 CD_DRIVE_ID = cd_id(0)
 DISK_FORMATS = ("qcow2", "raw")
+#: What a clone's QEMU must run as its template's source's did, beside devices and
+#: memory (saved CPU and firmware state only loads into the same; older manifests
+#: lack it): the machine type and CPU model as QEMU resolved them (``pc`` is
+#: ``pc-i440fx-7.2``), the number of CPUs, and ``bios`` or ``uefi``.
+CONFIG_KEYS = ("machine", "cpus", "cpu_model", "firmware")
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,8 @@ class TemplateInfo:
     #: whether the guest ran when saved (its clones resume it) or was frozen
     running: bool = True
     disks: tuple[TemplateDisk, ...] = ()
+    #: the source's :data:`CONFIG_KEYS` (only those the manifest holds)
+    config: dict[str, str | int | None] = field(default_factory=dict)
 
     @property
     def ram(self) -> Path:
@@ -112,6 +125,9 @@ def load(directory: str | os.PathLike[str]) -> TemplateInfo:
     """
     path = Path(os.path.abspath(validate.path(directory, what="template")))
     manifest = path / MANIFEST
+    if not os.path.lexists(path):
+        raise NotFoundError(f"template {str(path)!r} has no {MANIFEST}: the directory does "
+                            "not exist (moved or removed? a clone names its template by path)")
     if not manifest.is_file():
         raise NotFoundError(f"template {str(path)!r} has no {MANIFEST} "
                             "(make one with Machine.save_template)")
@@ -146,11 +162,15 @@ def _parse(path: Path, data: object) -> TemplateInfo | None:
             isinstance(k, str) and isinstance(v, str) for k, v in devices.items()):
         return None
     disks = _parse_disks(data.get("disks", []))
-    if disks is None:
+    config = data.get("config", {})
+    if disks is None or not isinstance(config, dict) or not all(
+            k in CONFIG_KEYS and (v is None or isinstance(v, (str, int))) and
+            not isinstance(v, bool) for k, v in config.items()):
         return None
     return TemplateInfo(path=path, memory=memory, machine_type=kind, devices=dict(devices),
                         source=str(data.get("source", "")),
-                        running=data.get("running") is not False, disks=disks)
+                        running=data.get("running") is not False, disks=disks,
+                        config=dict(config))
 
 
 def _parse_disks(raw: object) -> tuple[TemplateDisk, ...] | None:
@@ -202,6 +222,10 @@ class Templating(Part):
         self._own_disks = own_disks
         self._own_cd = own_cd
         self._disks: tuple[DiskSpec, ...] = ()
+        #: node names of the template's writable disks this clone runs on (snapshots cover them)
+        self.disk_ids: list[str] = []
+        #: the template of a clone another process started (``Machine.attach``)
+        self._attached: str | None = None
         if not isinstance(source, bool):
             raise ConfigError(f"template_source must be True or False, got {source!r}")
         self.source = source
@@ -226,7 +250,7 @@ class Templating(Part):
 
     def prepare(self, launch: Launch) -> None:
         """A clone given no disks gets the template's: an overlay of each copy, in its run dir."""
-        self._disks = ()
+        self._disks, self.disk_ids = (), []
         info = self.info
         if info is None or not info.disks or self._own_disks():
             return
@@ -245,6 +269,7 @@ class Templating(Part):
             specs.append(DiskSpec(layers=layers, interface=disk.interface,
                                   readonly=disk.file is None))
         self._disks = tuple(specs)  # the overlays go with the run directory
+        self.disk_ids = [disk_id(i) for i, d in enumerate(info.disks) if d.file is not None]
 
     def contribute(self, spec: MachineSpec) -> MachineSpec:
         """File-backed RAM (shared for a source, copy-on-write for a clone), no balloon.
@@ -269,9 +294,28 @@ class Templating(Part):
         return next((i for i, d in CD_DEVICES.items() if d == kind), None)
 
     def runtime(self) -> dict[str, Any]:
-        """Which template a running clone maps (informative)."""
-        return {"source": self.source,
-                "template": str(self.info.path) if self.info is not None else None}
+        """Which template a running clone maps, and the template disks it runs on."""
+        return {"source": self.source, "disks": list(self.disk_ids),
+                "template": str(self.info.path) if self.info is not None else self._attached}
+
+    def restore(self, runtime: Mapping[str, Any]) -> None:
+        """A clone started by another process: its template and the disks snapshots cover."""
+        disks, template = runtime.get("disks"), runtime.get("template")
+        if isinstance(disks, list) and all(isinstance(d, str) for d in disks):
+            self.disk_ids = list(disks)
+        self._attached = template if isinstance(template, str) else None
+
+    def check_config(self, config: dict[str, str | int | None]) -> None:
+        """Refuse a clone whose QEMU runs unlike its template's source (:data:`CONFIG_KEYS`)."""
+        info = self.info
+        assert info is not None
+        differ = [f"{k} {config[k]!r} (the template's: {v!r})"
+                  for k, v in info.config.items() if k in config and config[k] != v]
+        if differ:
+            raise ConfigError(f"machine {self._vm.name!r} cannot be a clone of template "
+                              f"{str(info.path)!r}: it has {', '.join(differ)}; a template's "
+                              "saved CPU and firmware state only loads into a machine with "
+                              "the machine type, CPUs, CPU model and firmware of its source")
 
     def check_clone(self, devices: dict[str, str]) -> None:
         """Refuse a clone whose devices differ from its template's (QEMU not yet loaded)."""
@@ -285,12 +329,16 @@ class Templating(Part):
         problems = ([f"it lacks {', '.join(missing)}"] if missing else []) + \
                    ([f"it has extra {', '.join(extra)}"] if extra else []) + \
                    ([f"devices differ: {', '.join(differ)}"] if differ else [])
+        if missing:  # a clone starts with its own definition's devices only
+            problems.append("(a device hot-plugged into the source cannot be in a clone: "
+                            "plug it into the clones after their start)")
         if problems:
             raise ConfigError(f"machine {self._vm.name!r} cannot be a clone of template "
                               f"{str(info.path)!r}: " + "; ".join(problems))
 
 
 def write(directory: Path, *, ram: Path, memory: int, machine_type: str,
+          config: dict[str, str | int | None],
           devices: dict[str, str], source: str, running: bool,
           disks: tuple[TemplateDisk, ...]) -> TemplateInfo:
     """Move or copy ``ram`` into ``directory`` (state already there) and write the manifest."""
@@ -301,7 +349,7 @@ def write(directory: Path, *, ram: Path, memory: int, machine_type: str,
         copy_sparse(ram, target)
     os.chmod(target, 0o600)
     data = {"format": FORMAT, "memory": memory, "machine_type": machine_type,
-            "devices": devices, "source": source, "running": running,
+            "config": config, "devices": devices, "source": source, "running": running,
             "disks": [d.to_json() for d in disks]}
     tmp = directory / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")

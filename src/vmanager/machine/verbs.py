@@ -302,7 +302,8 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
         machine keeps running and :class:`QemuError` is raised; a target whose
         devices differ gets a :class:`ConfigError` before anything is sent.
         """
-        from vmanager.machine import migration
+        from vmanager.machine import cloning, migration
+        cloning.require_lasting_disks(self, "migrate")  # type: ignore[arg-type]
         return migration.migrate(self, target, transport=transport,  # type: ignore[arg-type]
                                  progress=progress, timeout=timeout,
                                  bandwidth_mib=bandwidth_mib, downtime_ms=downtime_ms)
@@ -317,7 +318,8 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
         complete; on failure the machine keeps running and :class:`QemuError`
         is raised. Restore with :meth:`restore_state`.
         """
-        from vmanager.machine import migration
+        from vmanager.machine import cloning, migration
+        cloning.require_lasting_disks(self, "save its state")  # type: ignore[arg-type]
         return migration.save(self, Path(path), keep_running=keep_running,  # type: ignore[arg-type]
                               progress=progress, timeout=timeout)
 
