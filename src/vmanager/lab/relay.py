@@ -37,12 +37,17 @@ def relay(run_dir: Path, name: str, *, listen: bool, stdin: int, stdout: int,
     path = run_dir / name
     if listen:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        staging = run_dir / f".{name}.new"
         try:
-            with contextlib.suppress(FileNotFoundError):
-                if path.is_socket():
-                    path.unlink()  # left by an earlier relay of ours
-            listener.bind(str(path))
+            for old in (path, staging):
+                with contextlib.suppress(FileNotFoundError):
+                    if old.is_socket():
+                        old.unlink()  # left by an earlier relay of ours
+            # listening before the name appears: whoever waits for it never connects
+            # between bind() and listen() (refused)
+            listener.bind(str(staging))
             listener.listen(1)
+            os.rename(staging, path)
             # the orchestrator's end going away (EOF on stdin) ends the wait too
             ready, _, _ = select.select([listener.fileno(), stdin], [], [], timeout)
             if listener.fileno() not in ready:
@@ -51,6 +56,7 @@ def relay(run_dir: Path, name: str, *, listen: bool, stdin: int, stdout: int,
         finally:
             listener.close()
             path.unlink(missing_ok=True)
+            staging.unlink(missing_ok=True)
         conn.settimeout(None)
         os.write(stdout, _GO)
     else:
