@@ -77,11 +77,12 @@ def start_clone(m: Machine, *, timeout: float) -> None:
         m.template.check_clone(migration.device_map(m))
 
     with m.network.held_back() as nics:
-        if nics and microvm.is_microvm(m.machine_type):
-            raise ConfigError(f"machine {m.name!r} is a microvm clone with NICs: a clone's "
-                              "NICs are hot-plugged after its state loads, and a microvm has "
-                              "no PCI bus to plug them into; use machine_type 'pc' or 'q35' "
-                              "for clones with NICs")
+        if nics and not nic_hotplug(m.machine_type):
+            raise ConfigError(f"machine {m.name!r} is a clone with NICs on machine type "
+                              f"{m.machine_type!r}, which has no bus to hot-plug them into "
+                              "(a microvm has no PCI, q35's PCIe root bus takes no hot-plug); "
+                              "a clone's NICs are hot-plugged after its state loads: use "
+                              "machine_type 'pc' for clones with NICs")
         migration.restore(m, info.state, timeout=max(timeout, 60.0),
                           ignore_shared=True, check=check)
         if m.template.empty_cd_interface() is not None:
@@ -101,6 +102,11 @@ def start_clone(m: Machine, *, timeout: float) -> None:
     m.log.info("started from template %s", info.path)
 
 
+def nic_hotplug(machine_type: str) -> bool:
+    """Whether NICs can be hot-plugged into a machine of this type as vmanager builds it."""
+    return not microvm.is_microvm(machine_type) and "q35" not in machine_type
+
+
 def config(m: Machine) -> dict[str, str | int | None]:
     """What QEMU runs that a clone must share with its template's source (``CONFIG_KEYS``).
 
@@ -111,7 +117,8 @@ def config(m: Machine) -> dict[str, str | int | None]:
     cpu = str(m.qmp("qom-get", {"path": cpus[0]["qom-path"], "property": "type"}))
     machine = str(m.qmp("qom-get", {"path": "/machine", "property": "type"}))
     return {"machine": machine.removesuffix("-machine"), "cpus": len(cpus),
-            "cpu_model": cpu.removesuffix("-x86_64-cpu"), "firmware": m.firmware}
+            "cpu_model": cpu.removesuffix("-x86_64-cpu"), "firmware": m.firmware,
+            "memory_slots": m.ram.slots}
 
 
 def require_lasting_disks(m: Machine, action: str) -> None:

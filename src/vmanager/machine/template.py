@@ -23,9 +23,9 @@ What a clone shares with its template, and the rules that follow:
 * **Devices**: a clone needs exactly the template's devices and memory, and its
   source's machine type, CPUs, CPU model and firmware (:data:`CONFIG_KEYS`; a
   clone without ``cpu_model`` takes its source's); a clone that differs gets a
-  :class:`ConfigError` naming what, before anything loads. A microvm clone cannot
-  have NICs (no PCI bus to hot-plug them into); a source with hot-plugged DIMMs
-  cannot be saved.
+  :class:`ConfigError` naming what, before anything loads. A microvm or q35
+  clone cannot have NICs (no bus to hot-plug them into); a source with
+  hot-plugged DIMMs cannot be saved.
 * **No balloon** in either: discarding RAM of a file-backed guest punches holes in
   the file itself, which every clone maps (QEMU 7.2 does so even for a private
   mapping).
@@ -69,8 +69,9 @@ DISK_FORMATS = ("qcow2", "raw")
 #: What a clone's QEMU must run as its template's source's did, beside devices and
 #: memory (saved CPU and firmware state only loads into the same; older manifests
 #: lack it): the machine type and CPU model as QEMU resolved them (``pc`` is
-#: ``pc-i440fx-7.2``), the number of CPUs, and ``bios`` or ``uefi``.
-CONFIG_KEYS = ("machine", "cpus", "cpu_model", "firmware")
+#: ``pc-i440fx-7.2``), the number of CPUs, ``bios`` or ``uefi``, and the DIMM slots
+#: (the ACPI tables' memory hot-plug state is sized by them).
+CONFIG_KEYS = ("machine", "cpus", "cpu_model", "firmware", "memory_slots")
 
 
 @dataclass(frozen=True)
@@ -315,7 +316,8 @@ class Templating(Part):
             raise ConfigError(f"machine {self._vm.name!r} cannot be a clone of template "
                               f"{str(info.path)!r}: it has {', '.join(differ)}; a template's "
                               "saved CPU and firmware state only loads into a machine with "
-                              "the machine type, CPUs, CPU model and firmware of its source")
+                              "the machine type, CPUs, CPU model, firmware and memory slots "
+                              "of its source")
 
     def check_clone(self, devices: dict[str, str]) -> None:
         """Refuse a clone whose devices differ from its template's (QEMU not yet loaded)."""
