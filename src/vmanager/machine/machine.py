@@ -12,13 +12,12 @@ delegates to the parts (:mod:`vmanager.machine.verbs`).
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
-from vmanager import logkeeper, paths, validate
+from vmanager import paths, validate
 from vmanager.errors import ConfigError, StateError
 from vmanager.logkeeper import LogKeeper
 from vmanager.machine import cloning, definition, process, reattach, start
@@ -34,7 +33,7 @@ from vmanager.machine.input import Input
 from vmanager.machine.memory import Memory
 from vmanager.machine.migration import Migration
 from vmanager.machine.nics import Nics
-from vmanager.machine.part import Launch, Part, teardown_all
+from vmanager.machine.part import Launch, Part
 from vmanager.machine.screen import Screen
 from vmanager.machine.seed import CloudInitSeed
 from vmanager.machine.shell import GuestShell
@@ -335,32 +334,7 @@ class Machine(SeedVerbs):
         return proc
 
     def _cleanup(self) -> None:
-        if self._detached:
-            return  # the run directory belongs to the running QEMU, not to us
-        self._disconnect()
-        failures = teardown_all(reversed(self._parts()), self.log)
-        try:
-            if self._recording:
-                self._recording = False
-                self._recorder.stopped(self.name)
-        finally:
-            # Only a run directory this object made (or attached to) is removed: a
-            # start refused because the name runs elsewhere must not touch it.
-            if self._owns_run_dir:
-                self._wait_log_keeper()
-                shutil.rmtree(self.run_dir, ignore_errors=True)
-                self._owns_run_dir = False
-            self.state = State.DEFINED
-        if failures:
-            raise failures[0]
-
-    def _wait_log_keeper(self) -> None:
-        """Let the serial log's keeper finish (QEMU is gone) before the run dir goes."""
-        keeper, self._log_keeper = self._log_keeper, None
-        if keeper is not None:
-            keeper.wait()
-        else:  # started by another process
-            logkeeper.wait_gone(self.run_dir / process.SERIAL_LOG)
+        start.cleanup(self)
 
     # -- another process --------------------------------------------------------------------
     @classmethod

@@ -1,4 +1,4 @@
-"""Starting a Machine, step by step (what :meth:`Machine.start_vm` does).
+"""Starting a Machine, step by step (what :meth:`Machine.start_vm` does), and cleaning up.
 
 The recorder claims the name -> the run directory and QEMU's sockets ->
 each part prepares host objects (undo steps pushed) -> the argv from the
@@ -10,14 +10,16 @@ Any failure kills QEMU, runs the undo steps and tears every part down.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from typing import TYPE_CHECKING
 
+from vmanager import logkeeper
 from vmanager.errors import StateError
 from vmanager.logkeeper import LogKeeper
 from vmanager.machine import process
 from vmanager.machine.base import State
-from vmanager.machine.part import Launch
+from vmanager.machine.part import Launch, teardown_all
 from vmanager.qemu import accel as _accel
 from vmanager.qemu import cmdline, launch
 
@@ -87,3 +89,34 @@ def start(m: Machine, *, timeout: float) -> None:
     except BaseException:
         m.kill()
         raise
+
+
+def cleanup(m: Machine) -> None:
+    """After QEMU is gone: disconnect, tear every part down, forget the run, remove its dir."""
+    if m._detached:
+        return  # the run directory belongs to the running QEMU, not to us
+    m._disconnect()
+    failures = teardown_all(reversed(m._parts()), m.log)
+    try:
+        if m._recording:
+            m._recording = False
+            m._recorder.stopped(m.name)
+    finally:
+        # Only a run directory this object made (or attached to) is removed: a
+        # start refused because the name runs elsewhere must not touch it.
+        if m._owns_run_dir:
+            _wait_log_keeper(m)
+            shutil.rmtree(m.run_dir, ignore_errors=True)
+            m._owns_run_dir = False
+        m.state = State.DEFINED
+    if failures:
+        raise failures[0]
+
+
+def _wait_log_keeper(m: Machine) -> None:
+    """Let the serial log's keeper finish (QEMU is gone) before the run dir goes."""
+    keeper, m._log_keeper = m._log_keeper, None
+    if keeper is not None:
+        keeper.wait()
+    else:  # started by another process
+        logkeeper.wait_gone(m.run_dir / process.SERIAL_LOG)
