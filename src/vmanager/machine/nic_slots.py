@@ -12,10 +12,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from vmanager.errors import ConfigError, NotFoundError, StateError
+from vmanager.errors import ConfigError, NotFoundError, QMPError, StateError
 from vmanager.qemu import cmdline
 
 if TYPE_CHECKING:
+    from vmanager.machine.part import MachineView
     from vmanager.net import VirtualNic
 
 
@@ -103,3 +104,22 @@ def from_rows(items: Iterable[Mapping[str, Any]]) -> list[Slot]:
             net_adopt.release(slot.nic)
         raise
     return slots
+
+
+def qemu_nic_indices(vm: MachineView) -> set[int]:
+    """Indices of the NICs QEMU has now (plugged by any process)."""
+    found = set()
+    for prop in vm.qmp("qom-list", {"path": "/machine/peripheral"}):
+        index = cmdline.nic_index(str(prop.get("name", "")))
+        if index is not None:
+            found.add(index)
+    return found
+
+
+def device_present(vm: MachineView, device: str) -> bool:
+    """Whether QEMU still has device ``device``."""
+    try:
+        vm.qmp("qom-get", {"path": f"/machine/peripheral/{device}", "property": "type"})
+    except QMPError:
+        return False
+    return True

@@ -252,7 +252,7 @@ class Nics(Part):
         if nic is not None and any(s.nic is nic for s in self._slots):
             raise ConfigError(f"{nic!r} is already a NIC of machine {self._vm.name!r}")
         # QEMU's own list too: ids of NICs plugged by another process must not be reused.
-        used = {s.index for s in self._slots} | self._qemu_nic_indices()
+        used = {s.index for s in self._slots} | nic_slots.qemu_nic_indices(self._vm)
         macs = {s.nic.mac for s in self._slots}
         index = next(i for i in range(len(used) + 1) if i not in used)
         created_ns = False
@@ -331,7 +331,7 @@ class Nics(Part):
         slot = self._slot(nic)
         mark = monitor.event_mark()
         # absent already when a previous call timed out just before the guest let go
-        if self._device_present(slot.device):
+        if nic_slots.device_present(self._vm, slot.device):
             try:
                 self._vm.qmp("device_del", {"id": slot.device}, timeout=timeout)
             except QMPError as exc:
@@ -345,7 +345,7 @@ class Nics(Part):
                     "DEVICE_DELETED", timeout=timeout, since=mark,
                     match=lambda ev: ev.get("data", {}).get("device") == slot.device)
             except QemuError as exc:
-                if self._device_present(slot.device):
+                if nic_slots.device_present(self._vm, slot.device):
                     raise GuestError(
                         f"machine {self._vm.name!r}: the guest did not release {slot.device} "
                         f"({slot.nic.name}) within {timeout} s; does it handle ACPI PCI "
@@ -378,21 +378,6 @@ class Nics(Part):
         self._vm.log.info("link of %s %s", slot.device, "up" if up else "down")
 
     # -- helpers ------------------------------------------------------------------
-    def _qemu_nic_indices(self) -> set[int]:
-        found = set()
-        for prop in self._vm.qmp("qom-list", {"path": "/machine/peripheral"}):
-            index = cmdline.nic_index(str(prop.get("name", "")))
-            if index is not None:
-                found.add(index)
-        return found
-
-    def _device_present(self, device: str) -> bool:
-        try:
-            self._vm.qmp("qom-get", {"path": f"/machine/peripheral/{device}", "property": "type"})
-        except QMPError:
-            return False
-        return True
-
     def _quietly(self, command: str, args: dict[str, Any]) -> None:
         """A rollback QMP call whose failure must not hide the original error."""
         try:
