@@ -49,7 +49,7 @@ def lab_text(lab: str, sw: str, template: str, names: list[str],
     return LAB.format(lab=lab, sw=sw, machines=machines)
 
 
-def fake_template(directory: Path, memory: int = 192) -> Path:
+def fake_template(directory: Path, memory: int = 192, **config: Any) -> Path:
     """A directory that passes ``template.load`` (sparse RAM), for parse-only tests."""
     directory.mkdir()
     (directory / "state").write_bytes(b"")
@@ -57,7 +57,7 @@ def fake_template(directory: Path, memory: int = 192) -> Path:
         f.truncate(memory << 20)
     (directory / "template.json").write_text(json.dumps(
         {"format": 1, "memory": memory, "machine_type": "pc", "devices": {},
-         "source": "src"}))
+         "source": "src", "config": config}))
     return directory
 
 
@@ -101,11 +101,13 @@ def test_bad_template_keys_name_the_machine_and_key(
 @pytest.mark.parametrize(("make", "extra", "message"), [
     (False, "", "has no template.json"),
     (True, "memory = 256", "saved with 192 MiB but machine 'a' has memory 256"),
+    (True, "cpus = 2", r"it has cpus 2 \(the template's: 1\)"),
+    (True, 'firmware = "uefi"', r"firmware 'uefi' \(the template's: 'bios'\)"),
 ])
 def test_up_refuses_a_bad_template_before_making_anything(
         tmp_path: Path, make: bool, extra: str, message: str) -> None:
     if make:
-        fake_template(tmp_path / "tmpl", memory=192)
+        fake_template(tmp_path / "tmpl", memory=192, cpus=1, firmware="bios")
     name = f"lt{secrets.token_hex(3)}"
     path = tmp_path / "lab.toml"
     path.write_text(lab_text(name, f"s{name}", "tmpl", ["a"], f'guest = "tiny"\n{extra}'))

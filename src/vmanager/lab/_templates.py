@@ -60,14 +60,15 @@ def parse(c: Checker, body: Mapping[str, Any], where: tuple[str, ...],
 
 
 def check(lab: Lab, *, running: Callable[[str], bool] = lambda name: False) -> None:
-    """Refuse a lab whose clones' templates are missing, not templates, or of other memory.
+    """Refuse a lab whose clones' templates are missing, not templates, or of other memory,
+    CPUs or firmware.
 
     Machines for which ``running(name)`` is true are skipped (``up`` keeps them).
 
     Raises:
         LabFileError: naming the file, line and ``machines.NAME.template``.
     """
-    from vmanager.machine.template import load
+    from vmanager.machine.template import config_mismatch, load
     c: Checker | None = None
     for m in lab.machines:
         if m.template is None or running(m.name):
@@ -82,6 +83,9 @@ def check(lab: Lab, *, running: Callable[[str], bool] = lambda name: False) -> N
                 problem = (f"template {str(info.path)!r} was saved with {info.memory} MiB but "
                            f"machine {m.name!r} has memory {m.memory} MiB; a clone needs its "
                            "template's memory (leave memory out to take it)")
+            elif differ := config_mismatch(info, {"cpus": m.cpus, "firmware": m.firmware}):
+                problem = (f"it has {differ}: a clone needs the CPUs and firmware of its "
+                           f"template's source ({str(info.path)!r})")
         if problem is not None:
             if c is None:
                 c = Checker(lab.path, lab.source)

@@ -68,6 +68,7 @@ def start_clone(m: Machine, *, timeout: float) -> None:
     """Start clone ``m`` from its template: map the RAM, load the state, plug its NICs."""
     info = m.template.info
     assert info is not None
+    m.template.check_config({"cpus": m.cpus, "firmware": m.firmware})  # before QEMU starts
     model = info.config.get("cpu_model")
     if m.cpu_model is None and isinstance(model, str):
         m.cpu_model = model  # a clone not told otherwise gets the CPU its guest knows

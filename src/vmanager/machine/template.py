@@ -310,11 +310,10 @@ class Templating(Part):
         """Refuse a clone whose QEMU runs unlike its template's source (:data:`CONFIG_KEYS`)."""
         info = self.info
         assert info is not None
-        differ = [f"{k} {config[k]!r} (the template's: {v!r})"
-                  for k, v in info.config.items() if k in config and config[k] != v]
+        differ = config_mismatch(info, config)
         if differ:
             raise ConfigError(f"machine {self._vm.name!r} cannot be a clone of template "
-                              f"{str(info.path)!r}: it has {', '.join(differ)}; a template's "
+                              f"{str(info.path)!r}: it has {differ}; a template's "
                               "saved CPU and firmware state only loads into a machine with "
                               "the machine type, CPUs, CPU model, firmware and memory slots "
                               "of its source")
@@ -337,6 +336,17 @@ class Templating(Part):
         if problems:
             raise ConfigError(f"machine {self._vm.name!r} cannot be a clone of template "
                               f"{str(info.path)!r}: " + "; ".join(problems))
+
+
+def config_mismatch(info: TemplateInfo, config: Mapping[str, str | int | None]) -> str | None:
+    """Which of ``config``'s :data:`CONFIG_KEYS` differ from the template's, named; or ``None``.
+
+    Only the keys both have are compared (a front-end knows ``cpus`` and
+    ``firmware`` before anything starts; QEMU's resolved names only once it runs).
+    """
+    differ = [f"{k} {config[k]!r} (the template's: {v!r})"
+              for k, v in info.config.items() if k in config and config[k] != v]
+    return ", ".join(differ) or None
 
 
 def write(directory: Path, *, ram: Path, memory: int, machine_type: str,
