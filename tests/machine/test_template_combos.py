@@ -228,3 +228,26 @@ def test_a_moved_template_is_named_as_missing_and_a_bad_config_refused(
             f'"config": {config}}}')
         with pytest.raises(ConfigError, match="not a vmanager template"):
             _clone(tiny, tmp_path)
+
+
+def test_a_clone_on_its_own_overlay_of_the_template_disk_saves_and_migrates(
+        tiny: TinyGuest, disk_template: Path, tmp_path: Path) -> None:
+    """What the refusal for template-disk clones points to: a lasting overlay of its own."""
+    disk = Harddrive(tmp_path / "own.qcow2", backing=disk_template / "disk0.qcow2")
+    disk.create()
+    a, b = _clone(tiny, disk_template, harddrives=disk), None
+    try:
+        a.start_vm()
+        assert _disk(a) == "TMPL"
+        _write_disk(a, "OWN.")
+        a.succeed("echo own > /root/marker")
+        a.save_state(tmp_path / "state")
+        a.restore_state(tmp_path / "state")
+        assert _disk(a) == "OWN." and _marker(a) == "own"
+        b = _clone(tiny, disk_template, harddrives=disk)
+        a.migrate(b)
+        assert _disk(b) == "OWN." and _marker(b) == "own"
+    finally:
+        a.kill()
+        if b is not None:
+            b.kill()
