@@ -121,6 +121,8 @@ def test_a_source_with_a_hot_plugged_dimm_is_refused_and_clones_may_plug_one(
     with _clone(tiny, template) as m:
         m.start_vm()
         assert m.increase_ram(128).plugged == 128
+        with pytest.raises(ConfigError, match="no balloon"):
+            m.balloon(128)  # QEMU's own words: "No balloon device has been activated"
         total = int(m.succeed("awk '/MemTotal/ {print $2}' /proc/meminfo")) >> 10
         assert total > 256
 

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vmanager.errors import ConfigError
 from vmanager.machine.base import State
 from vmanager.machine.control import ControlVerbs
 from vmanager.machine.screen_verbs import ScreenVerbs
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
         MigrationResult,
         ProgressCallback,
     )
-    from vmanager.machine.template import TemplateInfo
+    from vmanager.machine.template import TemplateInfo, Templating
     from vmanager.net import VirtualNic
     from vmanager.qemu.chardev import ExecResult
     from vmanager.storage import CD, Harddrive, SnapshotInfo
@@ -62,6 +63,7 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
     migration: Migration
     boot: BootOrder
     snapshots: Snapshots
+    template: Templating
     chardevs: Chardevs
     agent: AgentChannel
     commands: GuestCommands
@@ -218,8 +220,12 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
 
         Waits up to 30 s for the guest's balloon driver to get there, then returns
         the reading (check ``balloon`` in it).
-        Raises :class:`ConfigError` when ``mib`` exceeds the plugged total.
+        Raises :class:`ConfigError` when ``mib`` exceeds the plugged total, or for
+        a template's source or clone (no balloon: see :mod:`.template`).
         """
+        if self.template.ram_file is not None:
+            raise ConfigError(f"machine {self.name!r} has no balloon: its RAM is a template's "
+                              "file, in which the balloon would punch holes every clone sees")
         return self.ram.balloon(mib)
 
     def dump_memory(self, path: str | os.PathLike[str], *, paging: bool = False,
