@@ -141,6 +141,8 @@ def test_a_clone_snapshot_covers_its_template_disk_also_after_attach(
         m.load_snapshot("s1")
         assert _marker(m) == "one" and _disk(m) == "ONE."
         assert not m.snapshots.state_disk.exists()  # the state went into the overlay
+        with pytest.raises(ConfigError, match="no harddrives to resize"):
+            m.resize_harddrive(0, "32M")
         m.detach()
         again = Machine.attach(m.name)
         again.load_snapshot("s1")

@@ -111,6 +111,11 @@ class SeedVerbs(ControlVerbs, ScreenVerbs):
 
         The seed's call. Shrinking is refused unless ``shrink=True``.
         """
+        if not self.disks.harddrives and self.template.disk_ids:
+            raise ConfigError(f"clone {self.name!r} has no harddrives to resize: it runs on "
+                              "overlays of its template's disks, which go when it stops; give "
+                              "it harddrives= of its own (e.g. overlays of the template's "
+                              "copies) to resize them")
         if not self.is_alive() and self.state is State.STOPPED:
             self.kill()  # QEMU exited by itself: clean up, which releases the disk
         return self.disks.resize(drive, size, shrink=shrink)
