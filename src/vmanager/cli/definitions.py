@@ -13,7 +13,12 @@ from vmanager.cli import templates
 from vmanager.cli._output import say
 from vmanager.errors import ConfigError, StateError
 from vmanager.state import records
-from vmanager.state.persist import nvram_path, remove_image_overlay, remove_nvram
+from vmanager.state.persist import (
+    nvram_path,
+    remove_image_overlay,
+    remove_nvram,
+    remove_state_disk,
+)
 
 
 def _parse_disk(text: str) -> dict[str, Any]:
@@ -97,6 +102,7 @@ def cmd_undefine(args: argparse.Namespace) -> int:
         records.delete(args.name)
         disk = remove_image_overlay(args.name, record.definition)
         remove_nvram(args.name, record.definition)
+        remove_state_disk(args.name)
     say(args, {"name": args.name, "undefined": True, "removed_disk": str(disk) if disk else None},
          f"undefined {args.name}" + (f" (removed its disk {disk})" if disk else ""))
     return 0

@@ -44,6 +44,7 @@ from vmanager.state.persist import (
     detach,
     machine_kwargs,
     remove_image_overlay,
+    remove_state_disk,
 )
 from vmanager.state.process import AdoptedProcess, Liveness, ProcessIdentity
 from vmanager.state.records import MachineRecord
@@ -369,6 +370,7 @@ def _remove_machine(item: dict[str, Any], timeout: float, *, graceful: bool) -> 
         if rec is not None and records.liveness(rec) is None:
             records.delete(name)
             remove_image_overlay(name, rec.definition)
+            remove_state_disk(name)  # its snapshots (lab checkpoints) go with it
 
 
 def _stop_process(ident: ProcessIdentity) -> None:

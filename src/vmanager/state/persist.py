@@ -16,6 +16,7 @@ waits for it and then names the holder if it never comes free.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
@@ -128,6 +129,21 @@ def remove_nvram(name: str, definition: Mapping[str, Any]) -> Path | None:
     if not isinstance(nvram, str) or Path(nvram) != nvram_path(name):
         return None
     return _remove_own_file(Path(nvram), f"{name} UEFI variable store")
+
+
+def remove_state_disk(name: str) -> Path | None:
+    """Remove the snapshot state disk machine ``name`` got (``undefine``, a lab's ``down``).
+
+    A machine without a writable qcow2 disk keeps its snapshots in this file of
+    vmanager's (``Snapshots.state_disk``); they go with the machine's definition.
+    Its directory goes too when nothing else is left in it.
+    """
+    from vmanager.machine.state import STATE_DISK_NAME
+    directory = paths.state_dir() / "machines" / name
+    removed = _remove_own_file(directory / STATE_DISK_NAME, f"{name} snapshot state disk")
+    with contextlib.suppress(OSError):  # absent, or holding something else: left alone
+        directory.rmdir()
+    return removed
 
 
 def _remove_own_file(path: Path, what: str) -> Path | None:
