@@ -15,7 +15,6 @@ import os
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,12 +44,13 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _idle_figures(machines: list[Machine], start_all: Callable[[ThreadPoolExecutor], float]
+def _idle_figures(machines: list[Machine]
                   ) -> tuple[list[dict[str, int]], list[float], float, float]:
     """Start ``machines``, wait for every shell, idle; smaps rollups, idle CPU %, times."""
     try:
         with timer() as t_all, ThreadPoolExecutor(8) as pool:
-            started = start_all(pool)
+            list(pool.map(lambda m: m.start_vm(timeout=120), machines))
+            started = t_all()
             list(pool.map(lambda m: m.wait_ready(timeout=900), machines))
         all_ready = t_all()
         time.sleep(SETTLE_S)
@@ -98,12 +98,7 @@ def fifty_machines(ctx: Context) -> list[Row]:
     machines = [Machine(f"bench-d{i}", **ctx.machine_args(f"bench-d{i}"))
                 for i in range(COUNT)]
 
-    def start_all(pool: ThreadPoolExecutor) -> float:
-        with timer() as t:
-            list(pool.map(lambda m: m.start_vm(timeout=120), machines))
-        return t()
-
-    rollups, cpu, started, all_ready = _idle_figures(machines, start_all)
+    rollups, cpu, started, all_ready = _idle_figures(machines)
     row = _row(ctx, f"{COUNT} machines, RSS per idle machine", machines[0].memory, rollups, cpu)
     row.note = (f"all {COUNT} shells answered {all_ready:.0f} s after the first start "
                 f"(all started after {started:.1f} s); " + _figures(row, cpu))
@@ -128,12 +123,7 @@ def fifty_clones(ctx: Context) -> list[Row]:
         machines = [Machine(f"bench-c{i}", template=directory,
                             **ctx.machine_args(f"bench-c{i}")) for i in range(COUNT)]
 
-        def start_all(pool: ThreadPoolExecutor) -> float:
-            with timer() as t:
-                list(pool.map(lambda m: m.start_vm(timeout=120), machines))
-            return t()
-
-        rollups, cpu, started, all_ready = _idle_figures(machines, start_all)
+        rollups, cpu, started, all_ready = _idle_figures(machines)
     row = _row(ctx, f"{COUNT} machines from a template, RSS per idle machine",
                machines[0].memory, rollups, cpu)
     row.note = (f"the template: one boot and save, {made:.1f} s; all {COUNT} clones started "

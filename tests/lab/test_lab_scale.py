@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -59,10 +60,9 @@ def _answer(name: str) -> tuple[str, float]:
         detach(machine)
 
 
-def test_twenty_machine_lab_up_answers_and_down(tiny: Any, tmp_path: Path) -> None:
-    tag = secrets.token_hex(2)
-    path = tmp_path / "scale.toml"
-    path.write_text(_lab_source(tag))
+def _up_answer_down(path: Path, answer: Callable[[str], tuple[str, float]],
+                    expected: Callable[[list[str]], list[str]], what: str) -> None:
+    """``up`` the lab, ask every machine (``answer``: what it said, its RSS), ``down``."""
     lab = labs.load(path)
     names = [m.name for m in lab.machines]
     ns_before = set(list_namespaces())
@@ -72,10 +72,9 @@ def test_twenty_machine_lab_up_answers_and_down(tiny: Any, tmp_path: Path) -> No
         t_up = time.monotonic() - t0
         assert len(result.made) == COUNT + 1
         with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(_answer, names))
+            answers = list(pool.map(answer, names))
         t_ready = time.monotonic() - t0
-        # every guest's own shell answered with its own name
-        assert [a for a, _ in answers] == names
+        assert [a for a, _ in answers] == expected(names)
         peak = sum(rss for _, rss in answers)
     finally:
         t1 = time.monotonic()
@@ -85,9 +84,16 @@ def test_twenty_machine_lab_up_answers_and_down(tiny: Any, tmp_path: Path) -> No
     assert labrec.load(lab.name) is None
     assert not [n for n in names if records.find(n) is not None]
     assert not (set(list_namespaces()) - ns_before) & set(names)
-    print(f"\n{COUNT}-machine lab: up {t_up:.1f} s, every shell answered after {t_ready:.1f} s, "
+    print(f"\n{what}: up {t_up:.1f} s, every shell answered after {t_ready:.1f} s, "
           f"down {t_down:.1f} s; the QEMUs' RSS together {peak:.0f} MiB "
           f"({peak / COUNT:.0f} MiB each)")
+
+
+def test_twenty_machine_lab_up_answers_and_down(tiny: Any, tmp_path: Path) -> None:
+    path = tmp_path / "scale.toml"
+    path.write_text(_lab_source(secrets.token_hex(2)))
+    # every guest's own shell answered with its own name
+    _up_answer_down(path, _answer, lambda names: names, f"{COUNT}-machine lab")
 
 
 def _clone_answer(name: str) -> tuple[str, float]:
@@ -114,28 +120,6 @@ def test_twenty_clones_of_a_template_lab_up_answers_and_down(tiny: Any, tmp_path
         src.kill()
     path = tmp_path / "scale.toml"
     path.write_text(_lab_source(tag, boot='template = "tmpl"'))
-    lab = labs.load(path)
-    names = [m.name for m in lab.machines]
-    ns_before = set(list_namespaces())
-    t0 = time.monotonic()
-    try:
-        result = labs.up(lab, timeout=600)
-        t_up = time.monotonic() - t0
-        assert len(result.made) == COUNT + 1
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(_clone_answer, names))
-        t_ready = time.monotonic() - t0
-        # every clone resumed the template's guest and has its own NIC
-        assert [a for a, _ in answers] == [stable_mac(n, 0) for n in names]
-        peak = sum(rss for _, rss in answers)
-    finally:
-        t1 = time.monotonic()
-        removed = labs.down(lab.name, timeout=300)
-        t_down = time.monotonic() - t1
-    assert len(removed) == COUNT + 1
-    assert labrec.load(lab.name) is None
-    assert not [n for n in names if records.find(n) is not None]
-    assert not (set(list_namespaces()) - ns_before) & set(names)
-    print(f"\n{COUNT} clones of a template: up {t_up:.1f} s, every shell answered after "
-          f"{t_ready:.1f} s, down {t_down:.1f} s; the QEMUs' RSS together {peak:.0f} MiB "
-          f"({peak / COUNT:.0f} MiB each)")
+    # every clone resumed the template's guest and has its own NIC
+    _up_answer_down(path, _clone_answer, lambda names: [stable_mac(n, 0) for n in names],
+                    f"{COUNT} clones of a template")

@@ -357,19 +357,20 @@ def memory_map(m: Migratable) -> dict[str, Any]:
             "plugged-memory": summary.get("plugged-memory", 0)}
 
 
+def device_problems(want: dict[str, str], have: dict[str, str], *, who: str) -> list[str]:
+    """What ``who``'s devices ``have`` lack, add or change against ``want`` (id: type)."""
+    missing = sorted(f"{k} ({v})" for k, v in want.items() if k not in have)
+    extra = sorted(f"{k} ({v})" for k, v in have.items() if k not in want)
+    differ = sorted(f"{k} ({want[k]} vs {have[k]})"
+                    for k in want.keys() & have.keys() if want[k] != have[k])
+    return ([f"{who} lacks {', '.join(missing)}"] if missing else []) + \
+           ([f"{who} has extra {', '.join(extra)}"] if extra else []) + \
+           ([f"devices differ: {', '.join(differ)}"] if differ else [])
+
+
 def _check_same_devices(src: Migratable, dst: Migratable) -> None:
     """Refuse before sending anything when the destination cannot take the guest."""
-    problems: list[str] = []
-    a, b = device_map(src), device_map(dst)
-    missing = sorted(f"{k} ({v})" for k, v in a.items() if k not in b)
-    extra = sorted(f"{k} ({v})" for k, v in b.items() if k not in a)
-    differ = sorted(f"{k} ({a[k]} vs {b[k]})" for k in a.keys() & b.keys() if a[k] != b[k])
-    if missing:
-        problems.append(f"{dst.name} lacks {', '.join(missing)}")
-    if extra:
-        problems.append(f"{dst.name} has extra {', '.join(extra)}")
-    if differ:
-        problems.append(f"devices differ: {', '.join(differ)}")
+    problems = device_problems(device_map(src), device_map(dst), who=dst.name)
     fa, fb = _flash_drives(src), _flash_drives(dst)
     if fa != fb:  # the flash chips' RAM would be missing at one end
         problems.append(f"firmware differs: {src.name} has {fa or 'no'} flash drives, "

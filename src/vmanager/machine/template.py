@@ -51,6 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from vmanager import paths, validate
 from vmanager.errors import ConfigError, NotFoundError
+from vmanager.machine.migration import device_problems
 from vmanager.machine.part import Launch, MachineView, Part
 from vmanager.qemu.blockdev import CD_DEVICES, Layer, cd_id, disk_id
 from vmanager.qemu.cmdline import CdSpec, DiskSpec
@@ -322,15 +323,8 @@ class Templating(Part):
         """Refuse a clone whose devices differ from its template's (QEMU not yet loaded)."""
         info = self.info
         assert info is not None
-        want = info.devices
-        missing = sorted(f"{k} ({v})" for k, v in want.items() if k not in devices)
-        extra = sorted(f"{k} ({v})" for k, v in devices.items() if k not in want)
-        differ = sorted(f"{k} ({want[k]} vs {devices[k]})"
-                        for k in want.keys() & devices.keys() if want[k] != devices[k])
-        problems = ([f"it lacks {', '.join(missing)}"] if missing else []) + \
-                   ([f"it has extra {', '.join(extra)}"] if extra else []) + \
-                   ([f"devices differ: {', '.join(differ)}"] if differ else [])
-        if missing:  # a clone starts with its own definition's devices only
+        problems = device_problems(info.devices, devices, who="it")
+        if any(p.startswith("it lacks") for p in problems):  # only its definition's devices
             problems.append("(a device hot-plugged into the source cannot be in a clone: "
                             "plug it into the clones after their start)")
         if problems:
